@@ -1,0 +1,311 @@
+# cython: language_level=3, embedsignature=True, boundscheck=False, wraparound=False
+"""Compiled core: copy one HTTP response body into a file at an offset.
+
+Python decides (which URL, which range, retries); this module only moves bytes.
+For a plain-TCP connection it reads straight from the socket fd into the caller's
+reused buffer (``recv``) or moves pages socket -> pipe -> file (``splice``), and
+``pwrite``s at the final offset, all with the GIL released. Other connections (TLS,
+chunked bodies) go through ``http.client``'s ``readinto`` (which also releases the GIL
+while it waits) with the ``pwrite`` still done here without the GIL.
+
+The pure-Python twin is :mod:`dfrepo._fastio_py`; both raise the same errors.
+"""
+
+from libc.errno cimport errno, EINTR, EAGAIN
+
+# EWOULDBLOCK == EAGAIN on Linux; only EAGAIN is tested.
+from libc.string cimport strerror
+from libc.stdint cimport int64_t
+
+import os
+import socket
+import ssl
+
+from dfrepo.errors import IncompleteDownloadError, TransferError
+
+IMPLEMENTATION = "cython"
+
+cdef extern from "<sys/types.h>":
+    ctypedef long ssize_t
+    ctypedef long off_t
+
+cdef extern from "<unistd.h>" nogil:
+    ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset)
+    int pipe2(int *fds, int flags)
+    int close(int fd)
+
+cdef extern from "<fcntl.h>" nogil:
+    enum: O_CLOEXEC
+    enum: O_NONBLOCK
+    enum: F_SETPIPE_SZ
+    int fcntl(int fd, int cmd, ...)
+    ssize_t splice(int fd_in, off_t *off_in, int fd_out, off_t *off_out, size_t len, unsigned int flags)
+    enum: SPLICE_F_MOVE
+    enum: SPLICE_F_NONBLOCK
+    enum: SPLICE_F_MORE
+
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t recv(int sockfd, void *buf, size_t len, int flags)
+
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd *fds, unsigned long nfds, int timeout)
+    enum: POLLIN
+
+# Result codes of the nogil helpers (negative values are -errno).
+cdef enum:
+    R_EOF = -100000
+    R_TIMEOUT = -100001
+
+MODES = ("auto", "readinto", "recv", "splice")
+
+
+cdef int _write_all(int fd, const char *buf, size_t n, off_t off) noexcept nogil:
+    """pwrite until done; retries short writes and EINTR. Returns 0 or -errno."""
+    cdef ssize_t w
+    while n > 0:
+        w = pwrite(fd, buf, n, off)
+        if w < 0:
+            if errno == EINTR:
+                continue
+            return -errno
+        buf += w
+        n -= <size_t>w
+        off += w
+    return 0
+
+
+cdef int _wait_readable(int sock, int timeout_ms) noexcept nogil:
+    cdef pollfd p
+    cdef int r
+    p.fd = sock
+    p.events = POLLIN
+    p.revents = 0
+    while True:
+        r = poll(&p, 1, timeout_ms)
+        if r > 0:
+            return 0
+        if r == 0:
+            return R_TIMEOUT
+        if errno != EINTR:
+            return -errno
+
+
+cdef ssize_t _recv_fill(int sock, char *buf, size_t want, int timeout_ms) noexcept nogil:
+    """Fill buf with up to want bytes from sock. Returns bytes read (>0), R_EOF, R_TIMEOUT or -errno.
+
+    A partial fill is returned as success; EOF/errors are only reported when nothing
+    was read in this call, so the caller always writes what it got first.
+    """
+    cdef size_t got = 0
+    cdef ssize_t r
+    cdef int w
+    while got < want:
+        r = recv(sock, buf + got, want - got, 0)
+        if r > 0:
+            got += <size_t>r
+            continue
+        if r == 0:
+            return <ssize_t>got if got else R_EOF
+        if errno == EINTR:
+            continue
+        if errno == EAGAIN:
+            if got:
+                return <ssize_t>got
+            w = _wait_readable(sock, timeout_ms)
+            if w != 0:
+                return w
+            continue
+        return <ssize_t>got if got else -errno
+    return <ssize_t>got
+
+
+cdef ssize_t _splice_chunk(int sock, int pipe_r, int pipe_w, int fd, off_t off, size_t want,
+                           int timeout_ms) noexcept nogil:
+    """Move up to want bytes socket -> pipe -> file at off. Returns bytes moved or an error code."""
+    cdef ssize_t inpipe = 0
+    cdef ssize_t r
+    cdef int w
+    cdef off_t pos = off
+    while True:
+        r = splice(sock, NULL, pipe_w, NULL, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK | SPLICE_F_MORE)
+        if r > 0:
+            inpipe = r
+            break
+        if r == 0:
+            return R_EOF
+        if errno == EINTR:
+            continue
+        if errno == EAGAIN:
+            w = _wait_readable(sock, timeout_ms)
+            if w != 0:
+                return w
+            continue
+        return -errno
+    cdef ssize_t moved = 0
+    while moved < inpipe:
+        r = splice(pipe_r, NULL, fd, &pos, <size_t>(inpipe - moved), SPLICE_F_MOVE)
+        if r > 0:
+            moved += r
+            continue
+        if r < 0 and errno == EINTR:
+            continue
+        return -errno if r < 0 else -5  # EIO: the pipe cannot be drained
+    return moved
+
+
+cdef class _Pipe:
+    """A per-thread pipe for splice, grown to the buffer size when the kernel allows."""
+    cdef int r
+    cdef int w
+
+    def __cinit__(self, Py_ssize_t size):
+        cdef int fds[2]
+        if pipe2(fds, O_CLOEXEC) != 0:
+            raise OSError(errno, strerror(errno).decode())
+        self.r = fds[0]
+        self.w = fds[1]
+        fcntl(self.w, F_SETPIPE_SZ, <int>size)
+
+    def __dealloc__(self):
+        if self.r >= 0:
+            close(self.r)
+            close(self.w)
+
+
+cdef object _pipes = None
+
+
+def _thread_pipe(Py_ssize_t size):
+    global _pipes
+    import threading
+    if _pipes is None:
+        _pipes = threading.local()
+    p = getattr(_pipes, "pipe", None)
+    if p is None:
+        p = _Pipe(size)
+        _pipes.pipe = p
+    return p
+
+
+def _raw_socket(object resp):
+    """The plain TCP socket under an urllib3 response, or None (TLS, chunked, unknown)."""
+    conn = getattr(resp, "connection", None)
+    sock = getattr(conn, "sock", None)
+    if sock is None or isinstance(sock, ssl.SSLSocket) or not isinstance(sock, socket.socket):
+        return None
+    fp = getattr(resp, "_fp", None)  # the http.client response
+    if fp is None or getattr(fp, "chunked", False) or getattr(fp, "length", None) is None:
+        return None
+    return sock
+
+
+cdef _raise_code(ssize_t code, object url, object rng, long long expected, long long received):
+    if code == R_EOF:
+        raise IncompleteDownloadError(
+            f"connection closed after {received} of {expected} bytes",
+            expected=expected, received=received, url=url, byte_range=rng)
+    if code == R_TIMEOUT:
+        raise socket.timeout("read timed out")
+    raise OSError(-code, strerror(-code).decode())
+
+
+def copy_body(object resp, int fd, long long offset, long long length, bytearray buf,
+              object cursor, object progress=None, str mode="auto", object url=None,
+              object byte_range=None):
+    """Copy *length* body bytes of urllib3 response *resp* into *fd* at *offset*.
+
+    :param length: bytes the body must hold, or -1 to read to the end (no Content-Length).
+    :param buf: the caller's reused buffer; its size is the chunk size.
+    :param cursor: an object with an int attribute ``written``, advanced after every chunk
+        so a caller can resume after an exception from the first unwritten byte.
+    :param progress: optional callable(bytes) called once per chunk.
+    :param mode: ``auto``/``recv``/``splice`` read the socket fd directly when the
+        connection is plain TCP with a known length, ``readinto`` always uses http.client.
+    :returns: bytes written. Raises :class:`IncompleteDownloadError` on a short body,
+        ``socket.timeout``/``OSError`` from the socket, ``OSError`` from pwrite.
+    """
+    cdef unsigned char[::1] view = buf
+    cdef char *cbuf = <char *>&view[0]
+    cdef size_t bufsize = <size_t>len(buf)
+    cdef long long done = 0
+    cdef long long remaining
+    cdef ssize_t got
+    cdef int werr
+    cdef int sockfd
+    cdef int timeout_ms
+    cdef off_t pos
+    cdef int pipe_r = -1, pipe_w = -1
+    cdef bint use_splice
+
+    if mode not in MODES:
+        raise ValueError(f"unknown io mode {mode!r}")
+    hresp = resp._fp
+    sock = _raw_socket(resp) if mode != "readinto" and length > 0 else None
+
+    if sock is not None:
+        use_splice = mode == "splice"
+        if use_splice:
+            p = _thread_pipe(<Py_ssize_t>bufsize)
+            pipe_r = (<_Pipe>p).r
+            pipe_w = (<_Pipe>p).w
+        # Body bytes http.client already buffered while parsing headers come first.
+        pre = hresp.fp.read1(min(length, <long long>bufsize)) if hresp.fp.peek(0) else b""
+        if pre:
+            pos = <off_t>(offset)
+            werr = _write_all(fd, <const char *>pre, len(pre), pos)
+            if werr:
+                raise OSError(-werr, strerror(-werr).decode())
+            done += len(pre)
+            cursor.written = done
+            if progress is not None:
+                progress(len(pre))
+        timeout = sock.gettimeout()
+        timeout_ms = -1 if timeout is None else <int>(timeout * 1000)
+        sockfd = sock.fileno()
+        while done < length:
+            remaining = length - done
+            pos = <off_t>(offset + done)
+            with nogil:
+                if use_splice:
+                    got = _splice_chunk(sockfd, pipe_r, pipe_w, fd, pos,
+                                        <size_t>min(remaining, <long long>bufsize), timeout_ms)
+                    werr = 0
+                else:
+                    got = _recv_fill(sockfd, cbuf, <size_t>min(remaining, <long long>bufsize), timeout_ms)
+                    werr = _write_all(fd, cbuf, <size_t>got, pos) if got > 0 else 0
+            if got <= 0:
+                _raise_code(got, url, byte_range, length, done)
+            if werr:
+                raise OSError(-werr, strerror(-werr).decode())
+            done += got
+            cursor.written = done
+            if progress is not None:
+                progress(got)
+        # Tell http.client the body is consumed so urllib3 can reuse the connection.
+        hresp.length = 0
+        hresp.read(1)
+        return done
+
+    # Generic path: http.client fills our buffer (GIL released inside recv), we pwrite nogil.
+    mv = memoryview(buf)
+    while length < 0 or done < length:
+        want = bufsize if length < 0 else <size_t>min(length - done, <long long>bufsize)
+        got = hresp.readinto(mv[:want])
+        if got == 0:
+            if length < 0:
+                break
+            _raise_code(R_EOF, url, byte_range, length, done)
+        pos = <off_t>(offset + done)
+        with nogil:
+            werr = _write_all(fd, cbuf, <size_t>got, pos)
+        if werr:
+            raise OSError(-werr, strerror(-werr).decode())
+        done += got
+        cursor.written = done
+        if progress is not None:
+            progress(got)
+    return done

@@ -1,0 +1,68 @@
+"""Pure-Python twin of :mod:`dfrepo._fastio`: same signature, same errors.
+
+It reads through ``http.client``'s ``readinto`` into the caller's reused buffer (no
+per-chunk allocation; the wait in ``recv_into`` releases the GIL) and writes with
+``os.pwrite`` (which also releases the GIL). It has no raw-socket or splice path.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+from .errors import IncompleteDownloadError
+
+IMPLEMENTATION = "python"
+
+MODES = ("auto", "readinto", "recv", "splice")
+
+
+def _write_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        written = os.pwrite(fd, data, offset)  # EINTR is retried by Python (PEP 475)
+        data = data[written:]
+        offset += written
+
+
+def copy_body(
+    resp: Any,
+    fd: int,
+    offset: int,
+    length: int,
+    buf: bytearray,
+    cursor: Any,
+    progress: Callable[[int], object] | None = None,
+    mode: str = "auto",
+    url: str | None = None,
+    byte_range: tuple[int, int] | None = None,
+) -> int:
+    """Copy *length* body bytes of urllib3 response *resp* into *fd* at *offset*.
+
+    See :func:`dfrepo._fastio.copy_body`; *mode* is accepted for signature parity and
+    validated, but this twin always reads through ``http.client``.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown io mode {mode!r}")
+    hresp = resp._fp
+    view = memoryview(buf)
+    bufsize = len(buf)
+    done = 0
+    while length < 0 or done < length:
+        want = bufsize if length < 0 else min(length - done, bufsize)
+        got = hresp.readinto(view[:want])
+        if not got:
+            if length < 0:
+                break
+            raise IncompleteDownloadError(
+                f"connection closed after {done} of {length} bytes",
+                expected=length,
+                received=done,
+                url=url,
+                byte_range=byte_range,
+            )
+        _write_all(fd, view[:got], offset + done)
+        done += got
+        cursor.written = done
+        if progress is not None:
+            progress(got)
+    return done

@@ -1,0 +1,132 @@
+"""urllib3 pools aimed at the Dragonfly proxy (or the origin), and how their errors are classified."""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import socket
+import threading
+from typing import Mapping
+
+import urllib3
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    NewConnectionError,
+    ProtocolError,
+    ProxyError,
+    ReadTimeoutError,
+    SSLError,
+)
+
+from .config import TransferConfig
+from .errors import IncompleteDownloadError, ProxyUnavailableError, TransferError, redact_url
+
+log = logging.getLogger("dfrepo")
+
+#: Errors after which the same request may succeed: the connection broke or stalled.
+RETRYABLE_EXCEPTIONS: tuple[type[BaseException], ...] = (
+    ProtocolError,
+    ReadTimeoutError,
+    ConnectTimeoutError,
+    NewConnectionError,
+    socket.timeout,
+    ConnectionError,
+    http.client.HTTPException,
+    IncompleteDownloadError,
+)
+
+
+def _proxy_unreachable(exc: ProxyError) -> bool:
+    """True when the proxy itself could not be connected to (not an error behind it)."""
+    cause = exc.original_error if hasattr(exc, "original_error") else exc.__cause__
+    return isinstance(cause, (NewConnectionError, ConnectTimeoutError, ConnectionRefusedError))
+
+
+class Transport:
+    """Connection pools for one pull: through the Dragonfly proxy, or direct.
+
+    With a proxy, a ``ProxyManager(use_forwarding_for_https=True)`` sends absolute-form
+    ``GET https://...`` to the proxy over plain HTTP, so the peer talks TLS to the origin
+    itself and no CONNECT tunnel (which dfdaemon would MITM) is needed.
+
+    When the proxy cannot be reached and ``fallback_direct`` is on, the transport
+    switches to direct origin requests once, logs the reason once, and stays direct.
+    """
+
+    def __init__(
+        self,
+        config: TransferConfig,
+        *,
+        proxy: str | None = None,
+        fallback_direct: bool = True,
+        maxsize: int | None = None,
+    ) -> None:
+        self.config = config
+        self.proxy = proxy or None
+        self.fallback_direct = fallback_direct
+        size = maxsize or config.concurrency
+        common = dict(
+            num_pools=32,
+            maxsize=size,
+            block=False,
+            timeout=urllib3.Timeout(connect=config.connect_timeout, read=config.read_timeout),
+            retries=False,
+            cert_reqs="CERT_REQUIRED" if config.verify_tls else "CERT_NONE",
+            ca_certs=config.ca_bundle,
+        )
+        self._direct = urllib3.PoolManager(**common)  # type: ignore[arg-type]
+        self._proxied: urllib3.ProxyManager | None = None
+        if self.proxy:
+            self._proxied = urllib3.ProxyManager(
+                self.proxy, use_forwarding_for_https=True, **common  # type: ignore[arg-type]
+            )
+        self._lock = threading.Lock()
+        self.fell_back = False
+        self.fallback_reason: str | None = None
+
+    @property
+    def via(self) -> str:
+        return "proxy" if self._proxied is not None and not self.fell_back else "direct"
+
+    def request(self, url: str, headers: Mapping[str, str]) -> urllib3.BaseHTTPResponse:
+        """Send a GET and return the response with its body unread."""
+        manager = self._direct if self.fell_back or self._proxied is None else self._proxied
+        if manager is self._direct and self._proxied is not None:
+            # Fallen back to the origin: Dragonfly's headers (and any proxy auth) are not its business.
+            headers = {k: v for k, v in headers.items() if not k.lower().startswith("x-dragonfly-")}
+        try:
+            return manager.request(
+                "GET",
+                url,
+                headers=dict(headers),
+                preload_content=False,
+                decode_content=False,
+                redirect=False,
+            )
+        except ProxyError as exc:
+            if manager is self._proxied and _proxy_unreachable(exc):
+                return self._proxy_down(url, headers, exc)
+            raise
+        except SSLError as exc:
+            raise TransferError(f"TLS error talking to {redact_url(url)}: {exc.__class__.__name__}",
+                                url=url) from None
+
+    def _proxy_down(
+        self, url: str, headers: Mapping[str, str], exc: ProxyError
+    ) -> urllib3.BaseHTTPResponse:
+        if not self.fallback_direct:
+            raise ProxyUnavailableError(
+                f"Dragonfly proxy {redact_url(self.proxy)} is unreachable and direct fallback is off",
+                url=url,
+            ) from exc
+        with self._lock:
+            if not self.fell_back:
+                self.fell_back = True
+                self.fallback_reason = f"proxy {redact_url(self.proxy)} unreachable"
+                log.warning("dfrepo: %s; downloading directly from the origin", self.fallback_reason)
+        return self.request(url, headers)
+
+    def clear(self) -> None:
+        self._direct.clear()
+        if self._proxied is not None:
+            self._proxied.clear()

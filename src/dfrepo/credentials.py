@@ -1,0 +1,434 @@
+"""Cloud credentials: Triton's ``cloud_credential.json``, the environment, SDK chains.
+
+Resolution for one location (:func:`resolve_credentials`):
+
+1. A credential file (``credential_path=`` or ``TRITON_CLOUD_CREDENTIAL_PATH``) in
+   Triton's schema::
+
+       {"s3": {"<name>": {"key_id": ..., "secret_key": ..., "region": ...,
+                          "session_token": ..., "profile": ...}},
+        "gs": {"<name>": "/path/to/service-account.json"},
+        "as": {"<name>": {"account_str": ..., "account_key": ...,
+                          "auth_type": "key|managed_identity|default", "client_id": ...}}}
+
+   The entry whose *name* is the longest match for the location wins; ``""`` is the
+   catch-all.  **Deliberate difference from Triton:** Triton uses a plain string prefix,
+   so ``s3://bucket`` also captures ``s3://bucket-2/...``; here a name matches only on a
+   path-segment boundary (the location equals the name, or continues with ``/``, or the
+   name itself ends with ``/``).  As in Triton there is no environment fallback while a
+   file is in use: no match is an error.
+
+2. With no file, the variables Triton reads: ``AWS_ACCESS_KEY_ID``,
+   ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_DEFAULT_REGION`` (or
+   ``AWS_REGION``), ``AWS_PROFILE``; ``GOOGLE_APPLICATION_CREDENTIALS``;
+   ``AZURE_STORAGE_ACCOUNT``, ``AZURE_STORAGE_KEY``, ``AZURE_STORAGE_AUTH_TYPE``,
+   ``AZURE_STORAGE_CLIENT_ID``.
+
+3. Whatever is left unset means "the SDK default chain": a boto3 session (profiles,
+   container/instance roles ...), google-auth ADC, azure-identity
+   ``DefaultAzureCredential`` (or ``ManagedIdentityCredential`` for
+   ``auth_type=managed_identity``).
+
+Credential objects never show secrets in ``repr`` and no message here quotes one.
+No cloud SDK is imported at module import time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from .errors import CredentialsError
+from .locations import AnyLocation, AzureLocation, GCSLocation, LocalLocation, Location, S3Location
+
+__all__ = [
+    "S3Credentials",
+    "GCSCredentials",
+    "AzureCredentials",
+    "Credentials",
+    "CredentialFile",
+    "load_credential_file",
+    "resolve_credentials",
+    "match_credential_name",
+    "AZURE_AUTH_TYPES",
+]
+
+#: ``auth_type`` values: Triton's three plus dfrepo's ``anonymous`` (public containers).
+AZURE_AUTH_TYPES = ("key", "managed_identity", "default", "anonymous")
+
+
+def _mask(value: str | None) -> str:
+    return "None" if value is None else "'***'"
+
+
+@dataclass(frozen=True)
+class S3Credentials:
+    """S3 credentials. Unset key id/secret mean "profile, else the boto3 default chain"."""
+
+    key_id: str | None = None
+    secret_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    region: str | None = None
+    profile: str | None = None
+    #: where these came from: ``"<file>#s3/<name>"``, ``"env"`` or ``"default-chain"``.
+    source: str = "default-chain"
+    provider = "s3"
+
+    @property
+    def is_static(self) -> bool:
+        return bool(self.key_id and self.secret_key)
+
+    def __repr__(self) -> str:
+        return (
+            f"S3Credentials(key_id={self.key_id!r}, secret_key={_mask(self.secret_key)}, "
+            f"session_token={_mask(self.session_token)}, region={self.region!r}, "
+            f"profile={self.profile!r}, source={self.source!r})"
+        )
+
+    def boto3_session(self) -> Any:
+        """A ``boto3.Session`` following Triton's order: static keys, profile, default."""
+        try:
+            import boto3
+            import botocore.exceptions
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise CredentialsError("s3:// needs boto3 (pip install 'dfrepo[s3]')",
+                                   provider="s3", source=self.source) from exc
+        try:
+            if self.is_static:
+                return boto3.Session(
+                    aws_access_key_id=self.key_id,
+                    aws_secret_access_key=self.secret_key,
+                    aws_session_token=self.session_token or None,
+                    region_name=self.region or None,
+                )
+            if self.profile:
+                return boto3.Session(profile_name=self.profile, region_name=self.region or None)
+            return boto3.Session(region_name=self.region or None)
+        except botocore.exceptions.ProfileNotFound as exc:
+            raise CredentialsError(f"AWS profile {self.profile!r} not found ({self.source})",
+                                   provider="s3", source=self.source) from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise CredentialsError(f"cannot set up AWS credentials ({self.source}): "
+                                   f"{type(exc).__name__}", provider="s3", source=self.source) from exc
+
+
+@dataclass(frozen=True)
+class GCSCredentials:
+    """GCS credentials: a service-account (or authorized-user) JSON file, else ADC."""
+
+    service_account_path: str | None = None
+    source: str = "default-chain"
+    provider = "gs"
+
+    def load(self, *, anonymous_if_missing: bool = False) -> Any:
+        """Return a ``google.auth`` credentials object.
+
+        Order (Triton's): the JSON file; else ADC (which includes metadata credentials);
+        else anonymous.  ``anonymous_if_missing=True`` (emulators) skips ADC so nothing
+        probes the metadata server.
+        """
+        try:
+            import google.auth
+            import google.auth.exceptions
+            from google.auth.credentials import AnonymousCredentials
+        except ImportError as exc:  # pragma: no cover
+            raise CredentialsError("gs:// needs google-auth (pip install 'dfrepo[gcs]')",
+                                   provider="gs", source=self.source) from exc
+        scopes = ["https://www.googleapis.com/auth/devstorage.read_only"]
+        if self.service_account_path:
+            path = self.service_account_path
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    info = json.load(fh)
+            except OSError as exc:
+                raise CredentialsError(
+                    f"cannot read GCS credential file {path!r} ({self.source}): {exc.strerror}",
+                    provider="gs", source=self.source) from None
+            except ValueError:
+                raise CredentialsError(f"GCS credential file {path!r} is not valid JSON",
+                                       provider="gs", source=self.source) from None
+            if not isinstance(info, dict) or "type" not in info:
+                raise CredentialsError(f"GCS credential file {path!r} has no 'type' key",
+                                       provider="gs", source=self.source)
+            try:
+                if info["type"] == "service_account":
+                    from google.oauth2 import service_account
+
+                    return service_account.Credentials.from_service_account_info(info, scopes=scopes)
+                if info["type"] == "authorized_user":
+                    from google.oauth2 import credentials as user_credentials
+
+                    return user_credentials.Credentials.from_authorized_user_info(info, scopes=scopes)
+                creds, _ = google.auth.load_credentials_from_dict(info, scopes=scopes)
+                return creds
+            except (ValueError, KeyError, google.auth.exceptions.GoogleAuthError) as exc:
+                # Their messages can quote fields of the file; name only the type.
+                raise CredentialsError(
+                    f"GCS credential file {path!r} (type {info.get('type')!r}) is malformed: "
+                    f"{type(exc).__name__}", provider="gs", source=self.source) from None
+        if anonymous_if_missing:
+            return AnonymousCredentials()
+        try:
+            creds, _ = google.auth.default(scopes=scopes)
+            return creds
+        except google.auth.exceptions.DefaultCredentialsError:
+            return AnonymousCredentials()
+
+
+@dataclass(frozen=True)
+class AzureCredentials:
+    """Azure credentials: shared key, managed identity, DefaultAzureCredential or anonymous."""
+
+    account_name: str | None = None
+    account_key: str | None = field(default=None, repr=False)
+    auth_type: str = "default"
+    client_id: str | None = None
+    source: str = "default-chain"
+    provider = "as"
+
+    def __repr__(self) -> str:
+        return (
+            f"AzureCredentials(account_name={self.account_name!r}, "
+            f"account_key={_mask(self.account_key)}, auth_type={self.auth_type!r}, "
+            f"client_id={self.client_id!r}, source={self.source!r})"
+        )
+
+    def token_credential(self) -> Any:
+        """The azure-identity credential for ``managed_identity`` / ``default``."""
+        try:
+            from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+        except ImportError as exc:  # pragma: no cover
+            raise CredentialsError("as:// with identity auth needs azure-identity "
+                                   "(pip install 'dfrepo[azure]')", provider="as",
+                                   source=self.source) from exc
+        if self.auth_type == "managed_identity":
+            return ManagedIdentityCredential(client_id=self.client_id or None)
+        if self.client_id:
+            return DefaultAzureCredential(managed_identity_client_id=self.client_id)
+        return DefaultAzureCredential()
+
+
+Credentials = Union[S3Credentials, GCSCredentials, AzureCredentials]
+
+
+# --------------------------------------------------------------------------- the file
+
+
+@dataclass(frozen=True)
+class CredentialFile:
+    """A parsed ``cloud_credential.json``: name -> credential, per provider."""
+
+    path: str
+    s3: Mapping[str, S3Credentials] = field(default_factory=dict)
+    gs: Mapping[str, GCSCredentials] = field(default_factory=dict)
+    as_: Mapping[str, AzureCredentials] = field(default_factory=dict)
+
+    def entries(self, provider: str) -> Mapping[str, Credentials]:
+        return {"s3": self.s3, "gs": self.gs, "as": self.as_}[provider]  # type: ignore[return-value]
+
+    def match(self, location: AnyLocation) -> Credentials:
+        """The credential for *location* (longest segment-boundary match).
+
+        :raises CredentialsError: no entry matches (as Triton: no env fallback).
+        """
+        provider = location.scheme
+        entries = self.entries(provider)
+        candidates = [location.raw, location.display] if location.raw else [location.display]
+        name = match_credential_name(entries.keys(), candidates)
+        if name is None:
+            raise CredentialsError(
+                f"no {provider!r} credential in {self.path!r} matches {location.display!r} "
+                f"(names: {sorted(entries)!r}; use \"\" for a catch-all)",
+                provider=provider, source=self.path)
+        return entries[name]
+
+
+def _segment_prefix(name: str, path: str) -> bool:
+    if name == "":
+        return True
+    if not path.startswith(name):
+        return False
+    return len(path) == len(name) or name.endswith("/") or path[len(name)] == "/"
+
+
+def match_credential_name(names: Any, paths: list[str] | str) -> str | None:
+    """The longest of *names* that is a path-segment prefix of one of *paths*, or None.
+
+    ``"s3://bucket"`` matches ``s3://bucket`` and ``s3://bucket/x`` but not
+    ``s3://bucket-2/x``; ``""`` matches everything.
+    """
+    if isinstance(paths, str):
+        paths = [paths]
+    best: str | None = None
+    for name in names:
+        if any(_segment_prefix(name, p) for p in paths):
+            if best is None or len(name) > len(best):
+                best = name
+    return best
+
+
+def _fail(path: str, key: str, problem: str) -> CredentialsError:
+    provider = key.split("/", 1)[0] if key else None
+    return CredentialsError(f"credential file {path!r}: {key or '<top>'}: {problem}",
+                            provider=provider if provider in ("s3", "gs", "as") else None,
+                            source=path)
+
+
+def _opt_str(path: str, key: str, entry: Mapping[str, Any], member: str) -> str | None:
+    value = entry.get(member)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        # Never echo the value: it may be a secret.
+        raise _fail(path, f"{key}/{member}", f"must be a string, not {type(value).__name__}")
+    return value or None
+
+
+def load_credential_file(path: str | os.PathLike[str]) -> CredentialFile:
+    """Parse Triton's ``cloud_credential.json``.
+
+    Unknown top-level keys and unknown members are ignored (Triton ignores them too).
+
+    :raises CredentialsError: unreadable file, invalid JSON, wrong types, bad
+        ``auth_type``; the message names the file and key, never a value.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise CredentialsError(f"cannot read credential file {path!r}: "
+                               f"{exc.strerror or type(exc).__name__}", source=path) from None
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        # json's message quotes no document text, only a position.
+        where = f" (line {exc.lineno}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
+        raise CredentialsError(f"credential file {path!r} is not valid JSON{where}",
+                               source=path) from None
+    if not isinstance(data, dict):
+        raise _fail(path, "", f"must be a JSON object, not {type(data).__name__}")
+
+    for provider in ("s3", "gs", "as"):
+        if provider in data and not isinstance(data[provider], dict):
+            raise _fail(path, provider, f"must be an object of name -> credential, "
+                        f"not {type(data[provider]).__name__}")
+
+    s3: dict[str, S3Credentials] = {}
+    for name, entry in data.get("s3", {}).items():
+        key = f"s3/{name}"
+        if not isinstance(entry, dict):
+            raise _fail(path, key, f"must be an object, not {type(entry).__name__}")
+        s3[name] = S3Credentials(
+            key_id=_opt_str(path, key, entry, "key_id"),
+            secret_key=_opt_str(path, key, entry, "secret_key"),
+            session_token=_opt_str(path, key, entry, "session_token"),
+            region=_opt_str(path, key, entry, "region"),
+            profile=_opt_str(path, key, entry, "profile"),
+            source=f"{path}#{key}",
+        )
+        if bool(s3[name].key_id) != bool(s3[name].secret_key):
+            missing = "secret_key" if s3[name].key_id else "key_id"
+            raise _fail(path, key, f"has one of key_id/secret_key but not {missing}")
+
+    gs: dict[str, GCSCredentials] = {}
+    for name, entry in data.get("gs", {}).items():
+        key = f"gs/{name}"
+        if not isinstance(entry, str):
+            raise _fail(path, key, "must be the path of a service-account JSON file "
+                        f"(a string), not {type(entry).__name__}")
+        sa_path = entry
+        if sa_path and not os.path.isabs(sa_path):
+            sa_path = os.path.join(os.path.dirname(os.path.abspath(path)), sa_path)
+        gs[name] = GCSCredentials(service_account_path=sa_path or None, source=f"{path}#{key}")
+
+    as_: dict[str, AzureCredentials] = {}
+    for name, entry in data.get("as", {}).items():
+        key = f"as/{name}"
+        if not isinstance(entry, dict):
+            raise _fail(path, key, f"must be an object, not {type(entry).__name__}")
+        account = _opt_str(path, key, entry, "account_str")
+        account_key = _opt_str(path, key, entry, "account_key")
+        auth_type = _opt_str(path, key, entry, "auth_type")
+        client_id = _opt_str(path, key, entry, "client_id")
+        as_[name] = _azure(account, account_key, auth_type, client_id, f"{path}#{key}",
+                           lambda problem, key=key: _fail(path, f"{key}/auth_type", problem))
+    return CredentialFile(path=path, s3=s3, gs=gs, as_=as_)
+
+
+def _azure(account: str | None, account_key: str | None, auth_type: str | None,
+           client_id: str | None, source: str, fail: Any) -> AzureCredentials:
+    if auth_type is not None:
+        auth_type = auth_type.lower()
+        if auth_type not in AZURE_AUTH_TYPES:
+            raise fail(f"{auth_type!r} is not one of {AZURE_AUTH_TYPES}")
+        if auth_type == "key" and not account_key:
+            raise fail("'key' needs account_key")
+    else:
+        auth_type = "key" if account_key else "default"
+    return AzureCredentials(account_name=account, account_key=account_key,
+                            auth_type=auth_type, client_id=client_id, source=source)
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+def _from_env(location: Location, env: Mapping[str, str]) -> Credentials | None:
+    def get(name: str) -> str | None:
+        return env.get(name) or None
+
+    if isinstance(location, S3Location):
+        key_id, secret = get("AWS_ACCESS_KEY_ID"), get("AWS_SECRET_ACCESS_KEY")
+        creds = S3Credentials(
+            key_id=key_id,
+            secret_key=secret,
+            session_token=get("AWS_SESSION_TOKEN"),
+            region=get("AWS_DEFAULT_REGION") or get("AWS_REGION"),
+            profile=get("AWS_PROFILE"),
+            source="env" if (key_id and secret) or get("AWS_PROFILE") else "default-chain",
+        )
+        if not creds.is_static:
+            # Half a key pair in env: boto3 would ignore it too; use the chain.
+            creds = S3Credentials(region=creds.region, profile=creds.profile, source=creds.source)
+        return creds
+    if isinstance(location, GCSLocation):
+        sa = get("GOOGLE_APPLICATION_CREDENTIALS")
+        return GCSCredentials(service_account_path=sa, source="env" if sa else "default-chain")
+    if isinstance(location, AzureLocation):
+        account, key = get("AZURE_STORAGE_ACCOUNT"), get("AZURE_STORAGE_KEY")
+        auth_type, client_id = get("AZURE_STORAGE_AUTH_TYPE"), get("AZURE_STORAGE_CLIENT_ID")
+        used = any((account, key, auth_type, client_id))
+        return _azure(account, key, auth_type, client_id, "env" if used else "default-chain",
+                      lambda problem: CredentialsError(
+                          f"AZURE_STORAGE_AUTH_TYPE: {problem}", provider="as", source="env"))
+    return None
+
+
+def resolve_credentials(
+    location: AnyLocation | str,
+    *,
+    credential_path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Credentials | None:
+    """The credentials to use for *location* (None for local paths).
+
+    :param credential_path: a ``cloud_credential.json``; default
+        ``TRITON_CLOUD_CREDENTIAL_PATH`` from *env*; with neither, the environment
+        variables and then the SDK default chains are used.
+    :raises CredentialsError: the file is unusable or has no matching entry.
+    """
+    from .locations import parse_location
+
+    env = os.environ if env is None else env
+    if isinstance(location, str):
+        location = parse_location(location, env=env)
+    if isinstance(location, LocalLocation):
+        return None
+    if credential_path is None:
+        credential_path = env.get("TRITON_CLOUD_CREDENTIAL_PATH") or None
+    if credential_path is not None:
+        return load_credential_file(credential_path).match(location)
+    return _from_env(location, env)

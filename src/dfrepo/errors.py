@@ -1,0 +1,218 @@
+"""The one exception tree of dfrepo.
+
+Every error dfrepo raises on purpose is a :class:`DfrepoError`.  Disk errors from
+``pwrite``/``fsync``/``rename`` stay plain :class:`OSError` (their subclass already
+says what happened: ``ENOSPC``, ``EROFS`` ...).
+
+Messages never carry a URL's query string or an auth header: presigned URLs hold
+signatures.  Every class that takes a URL runs it through :func:`redact_url` first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+__all__ = [
+    "DfrepoError",
+    "ConfigError",
+    "CredentialsError",
+    "LocationError",
+    "UnsafePathError",
+    "StoreError",
+    "ObjectNotFoundError",
+    "TransferError",
+    "HTTPStatusError",
+    "RangeNotSupportedError",
+    "IncompleteDownloadError",
+    "SourceChangedError",
+    "ChecksumMismatchError",
+    "RetriesExhaustedError",
+    "ProxyUnavailableError",
+    "CacheError",
+    "RepoAgentError",
+    "DfrepoWarning",
+    "redact_url",
+]
+
+
+def redact_url(url: str | None) -> str:
+    """Return *url* without query, fragment or userinfo; safe for logs and messages.
+
+    >>> redact_url("https://u:p@h.example/b/k?X-Amz-Signature=abc")
+    'https://h.example/b/k?<redacted>'
+    """
+    if not url:
+        return ""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable url>"
+    if not parts.scheme or not parts.netloc:
+        # Not a URL (a path, a location string): still drop anything after "?".
+        head, sep, _ = url.partition("?")
+        return head + ("?<redacted>" if sep else "")
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = host + (f":{port}" if port else "")
+    clean = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    return clean + ("?<redacted>" if parts.query else "")
+
+
+class DfrepoError(Exception):
+    """Root of every error dfrepo raises on purpose. Never raised bare."""
+
+    def __init__(self, message: str, **attrs: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        for key, value in attrs.items():
+            setattr(self, key, value)
+        self._attrs = attrs
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> Any:
+        return (_rebuild, (type(self), self.message, self._attrs))
+
+
+def _rebuild(cls: type[DfrepoError], message: str, attrs: dict[str, Any]) -> DfrepoError:
+    err = cls.__new__(cls)
+    DfrepoError.__init__(err, message, **attrs)
+    return err
+
+
+class ConfigError(DfrepoError, ValueError):
+    """A setting, config file or location is malformed.
+
+    ``source`` says where it came from (``arg``, ``env``, a file path), ``key`` which
+    setting; neither ever holds a secret value.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None, key: str | None = None) -> None:
+        super().__init__(message, source=source, key=key)
+
+
+class LocationError(ConfigError):
+    """A repository location (``s3://``, ``gs://``, ``as://`` ...) cannot be parsed."""
+
+
+class UnsafePathError(ConfigError):
+    """An object key would escape the destination directory (``..``, absolute, NUL ...)."""
+
+
+class CredentialsError(DfrepoError):
+    """Credentials are missing, malformed or rejected. ``provider`` is s3/gs/as."""
+
+    def __init__(self, message: str, *, provider: str | None = None, source: str | None = None) -> None:
+        super().__init__(message, provider=provider, source=source)
+
+
+class StoreError(DfrepoError):
+    """Listing or signing against an object store failed."""
+
+    def __init__(self, message: str, *, provider: str | None = None, status: int | None = None) -> None:
+        super().__init__(message, provider=provider, status=status)
+
+
+class ObjectNotFoundError(StoreError):
+    """The location holds no object (or an empty directory)."""
+
+
+class TransferError(DfrepoError):
+    """Moving bytes failed. ``url`` is always redacted; ``byte_range`` is (start, end) or None."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str | None = None,
+        byte_range: tuple[int, int] | None = None,
+        **attrs: Any,
+    ) -> None:
+        super().__init__(message, url=redact_url(url) if url else None, byte_range=byte_range, **attrs)
+
+
+class HTTPStatusError(TransferError):
+    """The server answered with a status dfrepo did not expect.
+
+    ``status`` is the HTTP status; ``error_type`` is Dragonfly's ``X-Dragonfly-Error-Type``
+    (``backend``, ``proxy``, ``dfdaemon``) when a peer produced the error.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        url: str | None = None,
+        byte_range: tuple[int, int] | None = None,
+        error_type: str | None = None,
+    ) -> None:
+        super().__init__(message, url=url, byte_range=byte_range, status=status, error_type=error_type)
+
+    @property
+    def retryable(self) -> bool:
+        return self.status in (408, 429) or self.status >= 500 or self.error_type == "dfdaemon"
+
+
+class RangeNotSupportedError(TransferError):
+    """The server ignored a Range request, or its Content-Range does not match."""
+
+
+class IncompleteDownloadError(TransferError):
+    """The body ended before its announced length (``expected``/``received`` bytes)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        expected: int,
+        received: int,
+        url: str | None = None,
+        byte_range: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__(message, url=url, byte_range=byte_range, expected=expected, received=received)
+
+
+class SourceChangedError(TransferError):
+    """The object changed while it was downloaded (ETag/size differ from the probe)."""
+
+
+class ChecksumMismatchError(TransferError):
+    """The downloaded bytes do not match the checksum the store listed."""
+
+
+class RetriesExhaustedError(TransferError):
+    """A retryable failure kept happening; ``attempts`` made, ``__cause__`` is the last error."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        attempts: int,
+        url: str | None = None,
+        byte_range: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__(message, url=url, byte_range=byte_range, attempts=attempts)
+
+
+class ProxyUnavailableError(TransferError):
+    """The Dragonfly peer's proxy cannot be reached and direct fallback is off."""
+
+
+class CacheError(DfrepoError):
+    """The persistent cache is unusable (bad directory, corrupt entry that cannot be removed)."""
+
+
+class RepoAgentError(DfrepoError):
+    """A failure at the Triton repository-agent boundary."""
+
+
+class DfrepoWarning(UserWarning):
+    """Something dfrepo tolerated but the user should know (unknown config keys ...)."""

@@ -1,0 +1,39 @@
+"""What a store listing hands to the transfer engine: one :class:`RemoteObject` per file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import redact_url
+
+
+@dataclass(frozen=True)
+class RemoteObject:
+    """One object of a model directory, ready to be fetched.
+
+    :param rel_path: POSIX path relative to the model directory (already checked safe).
+    :param size: size in bytes as listed by the store.
+    :param url: presigned (or public) GET URL. Secret: never logged, redacted in ``repr``.
+    :param version: the store's version evidence (S3 ETag, GCS generation, Azure ETag),
+        used for If-Match, for the Dragonfly task identity and as the cache key.
+    :param md5: hex MD5 of the content when the store vouches for it, else None.
+    :param crc32c: base64 CRC32C (GCS) when known, else None.
+    :param headers: extra request headers the URL needs (e.g. a bearer token when a GCS
+        credential cannot sign). Secret, like ``url``.
+    :param source: the object's location for messages (``s3://bucket/key``), no secrets.
+    """
+
+    rel_path: str
+    size: int
+    url: str = field(repr=False)
+    version: str | None = None
+    md5: str | None = None
+    crc32c: str | None = None
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
+    source: str = ""
+
+    def __repr__(self) -> str:
+        return (
+            f"RemoteObject(rel_path={self.rel_path!r}, size={self.size}, "
+            f"url={redact_url(self.url)!r}, version={self.version!r}, source={self.source!r})"
+        )

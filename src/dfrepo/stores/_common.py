@@ -1,0 +1,72 @@
+"""Helpers shared by the store back ends (no SDK imports)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Iterable
+
+from ..errors import ConfigError, ObjectNotFoundError, UnsafePathError
+from ..objects import RemoteObject
+
+#: SigV4 presigned URLs may live at most 7 days; dfrepo defaults to 15 minutes.
+MAX_EXPIRY = 7 * 24 * 3600
+DEFAULT_EXPIRY = 900
+
+_HEX32 = re.compile(r"^[0-9a-f]{32}$")
+
+
+def check_expiry(expiry: int) -> int:
+    if isinstance(expiry, bool) or not isinstance(expiry, int) or not 1 <= expiry <= MAX_EXPIRY:
+        raise ConfigError(f"expiry must be an integer number of seconds in 1..{MAX_EXPIRY}",
+                          source="arg", key="expiry")
+    return expiry
+
+
+def is_dir_marker(key: str, size: int) -> bool:
+    """``dir/`` objects of size 0 that consoles and some tools create."""
+    return key.endswith("/") and size == 0
+
+
+def strip_etag(etag: str | None) -> str | None:
+    if etag is None:
+        return None
+    etag = etag.strip()
+    if etag.startswith("W/"):
+        etag = etag[2:]
+    return etag.strip('"') or None
+
+
+def s3_etag_md5(etag: str | None) -> str | None:
+    """The ETag when it is a plain single-part MD5 (32 hex, no ``-N`` part count)."""
+    if etag and _HEX32.match(etag.lower()):
+        return etag.lower()
+    return None
+
+
+def b64_to_hex(value: str | bytes | bytearray | None) -> str | None:
+    if not value:
+        return None
+    try:
+        raw = base64.b64decode(value) if isinstance(value, str) else bytes(value)
+    except (binascii.Error, ValueError):
+        return None
+    return raw.hex() if len(raw) == 16 else None
+
+
+def finish(objects: Iterable[RemoteObject], display: str) -> list[RemoteObject]:
+    """Sort by rel_path, refuse file/dir clashes, refuse an empty listing."""
+    result = sorted(objects, key=lambda o: o.rel_path)
+    if not result:
+        raise ObjectNotFoundError(f"no objects under {display}/", status=404)
+    paths = {o.rel_path for o in result}
+    for obj in result:
+        parts = obj.rel_path.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            if parent in paths:
+                raise UnsafePathError(
+                    f"{display}: {parent!r} is both a file and the directory of {obj.rel_path!r}",
+                    source="store", key="key")
+    return result

@@ -1,0 +1,134 @@
+"""Azure Blob listing and SAS URLs with azure-storage-blob / azure-identity.
+
+* Shared key (``account_key``): list with the key; each blob gets a read-only
+  service SAS (``generate_blob_sas``, ``sp=r``) valid ``expiry`` seconds (start
+  back-dated 5 minutes for clock skew).
+* Identity (``managed_identity`` / ``default``): list with the token credential and
+  sign with a **user delegation key** (``get_user_delegation_key``; needs the
+  *Storage Blob Delegator* role or equivalent).
+* ``anonymous`` (dfrepo extension): list anonymously; the bare blob URLs work only
+  because listing did, i.e. the container is public.  A private container is
+  refused at listing, so an unsigned URL is never handed out for it.
+
+The account is ``account_str`` from the credential when set (as in Triton), else the
+location's.  ``version`` is the ETag (quotes stripped); ``md5`` is the hex of
+``Content-MD5`` when the blob has one.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as _dt
+import logging
+from typing import Any
+
+from ..credentials import AzureCredentials
+from ..errors import CredentialsError, ObjectNotFoundError, StoreError
+from ..locations import AZURE_DEFAULT_SUFFIX, AzureLocation, safe_relpath
+from ..objects import RemoteObject
+from ._common import b64_to_hex, check_expiry, finish, is_dir_marker, strip_etag
+
+log = logging.getLogger(__name__)
+
+_CLOCK_SKEW = _dt.timedelta(minutes=5)
+
+
+def _account_and_endpoint(location: AzureLocation, creds: AzureCredentials) -> tuple[str, str]:
+    account = creds.account_name or location.account
+    endpoint = location.endpoint
+    if account != location.account and endpoint == f"https://{location.account}{AZURE_DEFAULT_SUFFIX}":
+        endpoint = f"https://{account}{AZURE_DEFAULT_SUFFIX}"
+    return account, endpoint
+
+
+def _translate(exc: BaseException, location: AzureLocation, creds: AzureCredentials) -> Exception:
+    import azure.core.exceptions as aexc
+
+    where = location.display
+    if isinstance(exc, aexc.ResourceNotFoundError):
+        return ObjectNotFoundError(
+            f"Azure container {location.container!r} does not exist ({where})",
+            provider="as", status=404)
+    status = getattr(exc, "status_code", None)
+    if isinstance(exc, aexc.ClientAuthenticationError) or status in (401, 403):
+        code = getattr(exc, "error_code", None) or status or type(exc).__name__
+        return CredentialsError(
+            f"Azure rejected the credentials for {where} ({creds.source}, auth_type="
+            f"{creds.auth_type}): {code}", provider="as", source=creds.source)
+    if isinstance(exc, aexc.ServiceRequestError):
+        return StoreError(f"cannot reach the Azure endpoint for {where}: {type(exc).__name__}",
+                          provider="as")
+    if isinstance(exc, aexc.HttpResponseError):
+        return StoreError(f"Azure error listing {where}: {getattr(exc, 'error_code', None) or status}",
+                          provider="as", status=status)
+    return StoreError(f"Azure listing of {where} failed: {type(exc).__name__}", provider="as")
+
+
+def list_azure(
+    location: AzureLocation,
+    creds: AzureCredentials | None = None,
+    *,
+    expiry: int = 900,
+    timeout: float = 30.0,
+) -> list[RemoteObject]:
+    """List ``location`` recursively and make a read-only SAS URL for every blob."""
+    import azure.core.exceptions as aexc
+    from azure.storage.blob import BlobSasPermissions, BlobServiceClient, generate_blob_sas
+
+    check_expiry(expiry)
+    creds = creds or AzureCredentials()
+    account, endpoint = _account_and_endpoint(location, creds)
+    credential: Any
+    if creds.auth_type == "key":
+        if not creds.account_key:
+            raise CredentialsError(f"auth_type 'key' without account_key ({creds.source})",
+                                   provider="as", source=creds.source)
+        try:
+            base64.b64decode(creds.account_key, validate=True)
+        except (binascii.Error, ValueError):
+            raise CredentialsError(f"the Azure account_key ({creds.source}) is not valid base64",
+                                   provider="as", source=creds.source) from None
+        credential = {"account_name": account, "account_key": creds.account_key}
+    elif creds.auth_type == "anonymous":
+        credential = None
+    else:
+        credential = creds.token_credential()
+
+    service = BlobServiceClient(endpoint, credential=credential, retry_total=2,
+                                connection_timeout=min(timeout, 10.0), read_timeout=timeout)
+    container = service.get_container_client(location.container)
+    list_prefix = location.prefix + "/" if location.prefix else None
+    now = _dt.datetime.now(_dt.timezone.utc)
+    start, expires = now - _CLOCK_SKEW, now + _dt.timedelta(seconds=expiry)
+    permission = BlobSasPermissions(read=True)
+    delegation_key = None
+    objects: list[RemoteObject] = []
+    try:
+        for blob in container.list_blobs(name_starts_with=list_prefix, timeout=int(timeout)):
+            name, size = blob.name, int(blob.size or 0)
+            if is_dir_marker(name, size):
+                continue
+            rel = safe_relpath(name, location.prefix)
+            url = container.get_blob_client(name).url
+            if creds.auth_type == "key":
+                sas = generate_blob_sas(account, location.container, name,
+                                        account_key=creds.account_key, permission=permission,
+                                        start=start, expiry=expires)
+                url += "?" + sas
+            elif creds.auth_type != "anonymous":
+                if delegation_key is None:
+                    delegation_key = service.get_user_delegation_key(start, expires)
+                sas = generate_blob_sas(account, location.container, name,
+                                        user_delegation_key=delegation_key,
+                                        permission=permission, start=start, expiry=expires)
+                url += "?" + sas
+            settings = blob.content_settings
+            objects.append(RemoteObject(
+                rel_path=rel, size=size, url=url, version=strip_etag(blob.etag),
+                md5=b64_to_hex(settings.content_md5 if settings else None),
+                source=location.source_for(name)))
+    except aexc.AzureError as exc:
+        raise _translate(exc, location, creds) from exc
+    log.debug("listed %d blobs under %s", len(objects), location.display)
+    return finish(objects, location.display)

@@ -1,0 +1,172 @@
+"""GCS listing and V4 signed URLs with google-auth / google-cloud-storage.
+
+How each object's URL is made (``RemoteObject.url`` / ``.headers``), in order:
+
+``key``
+    The credential can sign locally (service-account key file, impersonated
+    credentials): a V4 signed URL for the listed *generation*, valid ``expiry`` s.
+``iam``
+    The credential has a service-account e-mail but no key (Compute Engine / GKE
+    metadata credentials): a V4 signed URL whose signature comes from the IAM
+    Credentials ``signBlob`` API (needs ``iam.serviceAccounts.signBlob`` on itself).
+``bearer``
+    Nothing can sign (ADC from ``gcloud auth application-default login``), or
+    ``signBlob`` was refused: the JSON-API media URL
+    (``/download/storage/v1/b/B/o/O?alt=media&generation=G``) plus an
+    ``Authorization: Bearer`` header.  The token lives about an hour and must be
+    forwarded by the proxy; prefer a service account.
+``anonymous``
+    Anonymous credentials (an emulator without a key file, public buckets): the same
+    media URL with no header.
+
+Against an emulator (``CLOUD_STORAGE_EMULATOR_ENDPOINT``) listing is always anonymous
+(the emulators ignore auth and a key would try to reach oauth2.googleapis.com), and a
+key file, when given, still signs URLs for the emulator's host.
+
+``version`` is the generation; ``md5`` (hex) and ``crc32c`` (base64) come from the
+object metadata.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from typing import Any
+
+from ..credentials import GCSCredentials
+from ..errors import ConfigError, CredentialsError, ObjectNotFoundError, StoreError
+from ..locations import GCSLocation, safe_relpath
+from ..objects import RemoteObject
+from ._common import b64_to_hex, check_expiry, finish, is_dir_marker
+
+log = logging.getLogger(__name__)
+
+SIGNING_MODES = ("auto", "key", "iam", "bearer", "anonymous")
+
+
+def _signing_mode(gcreds: Any) -> str:
+    from google.auth.credentials import AnonymousCredentials, Signing
+
+    if isinstance(gcreds, AnonymousCredentials):
+        return "anonymous"
+    if isinstance(gcreds, Signing):
+        return "key"
+    email = getattr(gcreds, "service_account_email", None)
+    if email:
+        return "iam"
+    return "bearer"
+
+
+def _ensure_token(gcreds: Any) -> str:
+    import google.auth.transport.requests
+
+    if not gcreds.valid:
+        gcreds.refresh(google.auth.transport.requests.Request())
+    return str(gcreds.token)
+
+
+def _translate(exc: BaseException, location: GCSLocation, creds: GCSCredentials) -> Exception:
+    import google.api_core.exceptions as gexc
+    import google.auth.exceptions as aexc
+
+    where = location.display
+    if isinstance(exc, gexc.NotFound):
+        return ObjectNotFoundError(f"GCS bucket {location.bucket!r} does not exist ({where})",
+                                   provider="gs", status=404)
+    if isinstance(exc, (gexc.Unauthorized, gexc.Forbidden)):
+        return CredentialsError(f"GCS rejected the credentials for {where} ({creds.source}): "
+                                f"HTTP {exc.code}", provider="gs", source=creds.source)
+    if isinstance(exc, aexc.RefreshError):
+        return CredentialsError(f"cannot obtain a GCS access token for {where} "
+                                f"({creds.source}): {type(exc).__name__}", provider="gs",
+                                source=creds.source)
+    if isinstance(exc, gexc.GoogleAPICallError):
+        return StoreError(f"GCS error listing {where}: HTTP {exc.code}", provider="gs",
+                          status=exc.code)
+    return StoreError(f"GCS listing of {where} failed: {type(exc).__name__}", provider="gs")
+
+
+def list_gcs(
+    location: GCSLocation,
+    creds: GCSCredentials | None = None,
+    *,
+    expiry: int = 900,
+    timeout: float = 30.0,
+    signing: str = "auto",
+) -> list[RemoteObject]:
+    """List ``location`` recursively; sign (or authorize) a GET for every object.
+
+    :param signing: ``auto`` (see the module docstring) or force one of
+        ``key``/``iam``/``bearer``/``anonymous``.
+    """
+    import google.api_core.exceptions as gexc
+    import google.auth.exceptions as aexc
+    import requests
+    from google.api_core.retry import Retry
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    check_expiry(expiry)
+    if signing not in SIGNING_MODES:
+        raise ConfigError(f"signing must be one of {SIGNING_MODES}", source="arg", key="signing")
+    creds = creds or GCSCredentials()
+    gcreds = creds.load(anonymous_if_missing=location.is_emulator)
+    mode = _signing_mode(gcreds) if signing == "auto" else signing
+    list_creds = AnonymousCredentials() if location.is_emulator else gcreds
+    project = getattr(gcreds, "project_id", None) or "dfrepo-none"
+    client = storage.Client(project=project, credentials=list_creds,
+                            client_options={"api_endpoint": location.endpoint})
+    retry = Retry(timeout=timeout, initial=0.2, maximum=2.0)
+    list_prefix = location.prefix + "/" if location.prefix else ""
+    expiration = _dt.timedelta(seconds=expiry)
+    objects: list[RemoteObject] = []
+    try:
+        blobs = client.list_blobs(location.bucket, prefix=list_prefix, timeout=timeout,
+                                  retry=retry)
+        headers: dict[str, str] = {}
+        for blob in blobs:
+            name, size = blob.name, int(blob.size or 0)
+            if is_dir_marker(name, size):
+                continue
+            rel = safe_relpath(name, location.prefix)
+            url = None
+            if mode == "iam":
+                try:
+                    token = _ensure_token(gcreds)
+                    url = blob.generate_signed_url(
+                        version="v4", expiration=expiration, method="GET",
+                        generation=blob.generation, api_access_endpoint=location.endpoint,
+                        service_account_email=gcreds.service_account_email, access_token=token)
+                except Exception as exc:  # noqa: BLE001 - any signBlob failure: fall back
+                    log.warning("GCS signBlob failed (%s); using bearer-token media URLs",
+                                type(exc).__name__)
+                    mode = "bearer"
+            elif mode == "key":
+                try:
+                    url = blob.generate_signed_url(
+                        version="v4", expiration=expiration, method="GET",
+                        generation=blob.generation, api_access_endpoint=location.endpoint,
+                        credentials=gcreds)
+                except (AttributeError, TypeError, ValueError) as exc:
+                    raise CredentialsError(
+                        f"the GCS credential ({creds.source}) cannot sign URLs: "
+                        f"{type(exc).__name__}; use a service-account key", provider="gs",
+                        source=creds.source) from exc
+            if url is None:
+                url = location.url_for(name, blob.generation)
+                if mode == "bearer" and not headers:
+                    headers = {"Authorization": f"Bearer {_ensure_token(gcreds)}"}
+            objects.append(RemoteObject(
+                rel_path=rel, size=size, url=url,
+                version=str(blob.generation) if blob.generation is not None else None,
+                md5=b64_to_hex(blob.md5_hash), crc32c=blob.crc32c or None,
+                headers=dict(headers) if mode == "bearer" else {},
+                source=location.source_for(name)))
+    except (gexc.GoogleAPICallError, gexc.RetryError, aexc.GoogleAuthError,
+            requests.RequestException) as exc:
+        if isinstance(exc, gexc.RetryError):
+            raise StoreError(f"cannot reach GCS at {location.endpoint} for {location.display} "
+                             f"within {timeout:g}s", provider="gs") from exc
+        raise _translate(exc, location, creds) from exc
+    log.debug("listed %d objects under %s (urls: %s)", len(objects), location.display, mode)
+    return finish(objects, location.display)

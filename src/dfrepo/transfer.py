@@ -1,0 +1,646 @@
+"""Verified, atomic, parallel downloads: probe, plan ranges, fetch, fsync, rename.
+
+One pool of worker threads serves every file of a batch, so a model directory of a
+thousand small files keeps all connections busy just like one large file does. Each
+worker owns one reused buffer; the compiled core copies response bodies into the
+destination with ``pwrite`` at their final offsets.
+
+A file becomes visible under its final name only after every byte arrived, the size
+(and the store's MD5, when listed) checked out and the data was fsynced; otherwise its
+temp file is removed and the destination is untouched.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import os
+import random
+import re
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+import urllib3
+
+from . import _core
+from ._http import RETRYABLE_EXCEPTIONS, Transport
+from ._version import __version__
+from .config import TransferConfig
+from .errors import (
+    ChecksumMismatchError,
+    DfrepoError,
+    HTTPStatusError,
+    IncompleteDownloadError,
+    RangeNotSupportedError,
+    RetriesExhaustedError,
+    SourceChangedError,
+    TransferError,
+    redact_url,
+)
+
+log = logging.getLogger("dfrepo")
+
+ProgressCallback = Callable[[int, int], object]
+"""Called as ``progress(bytes_done, bytes_total)``; total is 0 while unknown."""
+
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+
+@dataclass(frozen=True)
+class DownloadRequest:
+    """One file to fetch. ``url`` and ``headers`` are secret (presigned)."""
+
+    url: str = field(repr=False)
+    dest: Path
+    size: int | None = None
+    etag: str | None = None
+    md5: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    """What happened to one file."""
+
+    path: Path
+    size: int
+    seconds: float
+    retries: int
+    requests: int
+    implementation: str
+    via: str
+    source: str
+    task_id: str | None = None
+
+
+@dataclass
+class _Cursor:
+    written: int = 0
+
+
+def normalize_etag(value: str | None) -> str | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.startswith("W/"):
+        value = value[2:]
+    return value.strip('"') or None
+
+
+class _FileJob:
+    """Shared state of one file while its ranges are in flight."""
+
+    def __init__(self, req: DownloadRequest, base_headers: Mapping[str, str]) -> None:
+        self.req = req
+        self.headers = {**base_headers, **req.headers}
+        self.size = req.size
+        self.etag = normalize_etag(req.etag)
+        self.fd = -1
+        self.tmp: str | None = None
+        self.pending = 0
+        self.retries = 0
+        self.requests = 0
+        self.started = time.monotonic()
+        self.source = "origin"
+        self.task_id: str | None = None
+        self.error: BaseException | None = None
+        self.result: DownloadResult | None = None
+
+    def open_temp(self) -> None:
+        dest = self.req.dest
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name[:80]}.", suffix=".dfrepo-part", dir=dest.parent)
+        self.fd, self.tmp = fd, tmp
+
+    def discard(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.tmp is not None:
+            try:
+                os.unlink(self.tmp)
+            except FileNotFoundError:
+                pass
+            self.tmp = None
+
+
+class Downloader:
+    """Download many files through one set of pools and one worker pool.
+
+    :param config: transfer settings.
+    :param transport: pools to use (shared with the caller); one is made when None.
+    :param dragonfly: a :class:`dfrepo.dragonfly.DragonflyConfig`; adds the Dragonfly
+        headers (P2P opt-in, filters, version evidence in the task identity) and routes
+        through its proxy.
+    :param implementation: ``"cython"``, ``"python"`` or None for the default pick.
+    """
+
+    def __init__(
+        self,
+        config: TransferConfig | None = None,
+        *,
+        transport: Transport | None = None,
+        dragonfly: object | None = None,
+        implementation: str | None = None,
+    ) -> None:
+        self.config = config or TransferConfig()
+        self.dragonfly = dragonfly
+        self._own_transport = transport is None
+        if transport is None:
+            proxy = getattr(dragonfly, "proxy", None)
+            fallback = bool(getattr(dragonfly, "fallback_direct", True))
+            transport = Transport(self.config, proxy=proxy, fallback_direct=fallback)
+        self.transport = transport
+        self._copy_body, self.implementation = _core.get_copy_body(implementation)
+        self._mode = "recv" if self.config.io_mode == "auto" else self.config.io_mode
+
+    def close(self) -> None:
+        if self._own_transport:
+            self.transport.clear()
+
+    def __enter__(self) -> Downloader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- public -----------------------------------------------------------------------
+
+    def download_many(
+        self,
+        requests: Iterable[DownloadRequest],
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> list[DownloadResult]:
+        """Fetch every request; all succeed, or the first error is raised and no temp
+        file of any request is left behind (files already completed stay)."""
+        jobs = [_FileJob(r, self._base_headers(r)) for r in requests]
+        if not jobs:
+            return []
+        known = sum(j.size or 0 for j in jobs)
+        state = _BatchState(progress, known if all(j.size is not None for j in jobs) else 0)
+        tasks: collections.deque[tuple[_FileJob, int, int] | tuple[_FileJob, None, None]] = collections.deque()
+        try:
+            for job in jobs:
+                job.open_temp()
+                planned = [(job, None, None)] if job.size is None else self._plan(job)
+                job.pending = len(planned)
+                tasks.extend(planned)
+        except BaseException:
+            for job in jobs:
+                job.discard()
+            raise
+        workers = min(self.config.concurrency, max(1, len(tasks)))
+        sched = _Scheduler(tasks)
+        threads = [
+            threading.Thread(target=self._worker, args=(sched, state), name=f"dfrepo-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        failed = sched.error
+        for job in jobs:
+            if job.result is None:
+                job.discard()
+        if failed is not None:
+            raise failed
+        return [j.result for j in jobs if j.result is not None]
+
+    # -- planning -----------------------------------------------------------------------
+
+    def _base_headers(self, req: DownloadRequest) -> dict[str, str]:
+        headers = {"Accept-Encoding": "identity", "User-Agent": f"dfrepo/{__version__}"}
+        if self.dragonfly is not None:
+            from .dragonfly import request_headers
+
+            version = req.etag
+            headers.update(request_headers(self.dragonfly, req.url, version=version))  # type: ignore[arg-type]
+        return headers
+
+    def _plan(self, job: _FileJob) -> list[tuple[_FileJob, int, int]]:
+        """Split the file into range tasks; an empty file is one task with end -1."""
+        size = job.size or 0
+        if self.config.preallocate and size > 0:
+            try:
+                os.posix_fallocate(job.fd, 0, size)
+            except OSError as exc:
+                if exc.errno not in (95, 22):  # EOPNOTSUPP, EINVAL: filesystem cannot; fine
+                    raise
+        step = self.config.range_size
+        ranges = [(job, s, min(s + step, size) - 1) for s in range(0, size, step)]
+        return ranges or [(job, 0, -1)]
+
+    # -- worker ---------------------------------------------------------------------------
+
+    def _worker(self, sched: _Scheduler, state: _BatchState) -> None:
+        buf = bytearray(self.config.buffer_size)
+        while (task := sched.next()) is not None:
+            job, start, end = task
+            try:
+                if job.error is None:
+                    if start is None:
+                        self._probe(job, sched, state, buf)
+                    elif end >= 0:
+                        self._fetch_range(job, start, end, buf, state)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                job.error = _as_dfrepo_error(exc, job.req.url)
+                sched.fail(job.error)
+            if sched.done_one(job) == 0 and job.error is None and job.result is None:
+                try:
+                    self._finish(job, state)
+                except BaseException as exc:  # noqa: BLE001
+                    job.error = _as_dfrepo_error(exc, job.req.url)
+                    sched.fail(job.error)
+
+    def _probe(self, job: _FileJob, sched: _Scheduler, state: _BatchState, buf: bytearray) -> None:
+        """Learn size and ETag with ``Range: bytes=0-0`` (HEAD is not routed P2P by
+        Dragonfly and presigned URLs are method-bound). A server that ignores ranges
+        answers 200: then that response's body is the download."""
+        url = job.req.url
+        attempt = 0
+        while True:
+            job.requests += 1
+            resp = None
+            try:
+                resp = self.transport.request(url, {**job.headers, "Range": "bytes=0-0"})
+                self._note_peer(job, resp)
+                if resp.status == 206:
+                    m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
+                    body = resp.read()
+                    resp.release_conn()
+                    if not m or m.group(1) != "0" or m.group(2) != "0":
+                        raise RangeNotSupportedError(
+                            f"bad Content-Range {resp.headers.get('Content-Range')!r} for the size probe",
+                            url=url)
+                    if m.group(3) == "*":
+                        raise RangeNotSupportedError("server does not report the object size", url=url)
+                    self._check_etag(job, resp)
+                    job.size = int(m.group(3))
+                    job.etag = job.etag or normalize_etag(resp.headers.get("ETag"))
+                    state.add_total(job.size)
+                    if job.size == 1:
+                        os.pwrite(job.fd, body[:1], 0)
+                        state.advance(1)
+                        self._finish(job, state)
+                        return
+                    sched.push(job, self._plan(job))
+                    return
+                if resp.status == 200:
+                    self._whole_body(job, resp, state, buf)
+                    return
+                if resp.status == 416:
+                    # Zero-byte objects cannot satisfy bytes=0-0: fetch without Range.
+                    resp.drain_conn()
+                    resp.release_conn()
+                    resp = self.transport.request(url, job.headers)
+                    job.requests += 1
+                    if resp.status == 200:
+                        self._whole_body(job, resp, state, buf)
+                        return
+                raise self._status_error(resp, url, None)
+            except DfrepoError as exc:
+                self._close(resp)
+                if not self._retryable(exc) or attempt + 1 >= self.config.max_attempts:
+                    raise self._exhausted(exc, attempt, url, None) if self._retryable(exc) else exc
+            except RETRYABLE_EXCEPTIONS as exc:
+                self._close(resp)
+                if attempt + 1 >= self.config.max_attempts:
+                    raise self._exhausted(exc, attempt, url, None) from exc
+            attempt += 1
+            job.retries += 1
+            self._sleep(attempt, resp)
+
+    def _whole_body(self, job: _FileJob, resp: urllib3.BaseHTTPResponse, state: _BatchState,
+                    buf: bytearray) -> None:
+        """The server ignored Range: stream the 200 body once, single connection."""
+        self._check_encoding(resp, job.req.url)
+        self._check_etag(job, resp)
+        length_header = resp.headers.get("Content-Length")
+        length = int(length_header) if length_header is not None else -1
+        if length >= 0:
+            state.add_total(length)
+        cursor = _Cursor()
+        try:
+            done = self._copy_body(resp, job.fd, 0, length, buf, cursor, state.advance, self._mode,
+                                   job.req.url, None)
+        except BaseException:
+            self._close(resp)
+            raise
+        resp.release_conn()
+        job.size = done
+        self._finish(job, state)
+
+    def _fetch_range(self, job: _FileJob, start: int, end: int, buf: bytearray, state: _BatchState) -> None:
+        url = job.req.url
+        pos = start
+        attempt = 0
+        while True:
+            cursor = _Cursor()
+            resp = None
+            headers = {**job.headers, "Range": f"bytes={pos}-{end}"}
+            if job.etag:
+                headers["If-Match"] = f'"{job.etag}"'
+            job.requests += 1
+            try:
+                resp = self.transport.request(url, headers)
+                self._note_peer(job, resp)
+                self._check_range(job, resp, pos, end)
+                self._copy_body(resp, job.fd, pos, end - pos + 1, buf, cursor, state.advance,
+                                self._mode, url, (pos, end))
+                resp.release_conn()
+                return
+            except DfrepoError as exc:
+                self._close(resp)
+                pos += cursor.written
+                if not self._retryable(exc) or attempt + 1 >= self.config.max_attempts:
+                    raise (self._exhausted(exc, attempt, url, (start, end))
+                           if self._retryable(exc) else exc)
+            except RETRYABLE_EXCEPTIONS as exc:
+                self._close(resp)
+                pos += cursor.written
+                if attempt + 1 >= self.config.max_attempts:
+                    raise self._exhausted(exc, attempt, url, (start, end)) from exc
+            attempt += 1
+            job.retries += 1
+            self._sleep(attempt, resp)
+
+    # -- checks -----------------------------------------------------------------------------
+
+    def _check_range(self, job: _FileJob, resp: urllib3.BaseHTTPResponse, start: int, end: int) -> None:
+        url = job.req.url
+        if resp.status == 412:
+            raise SourceChangedError("object changed during download (If-Match failed)", url=url,
+                                     byte_range=(start, end))
+        if resp.status == 200:
+            raise RangeNotSupportedError("server ignored the Range header (200 instead of 206)", url=url,
+                                         byte_range=(start, end))
+        if resp.status != 206:
+            raise self._status_error(resp, url, (start, end))
+        self._check_encoding(resp, url)
+        got = resp.headers.get("Content-Range", "")
+        m = _CONTENT_RANGE.match(got)
+        expected_total = str(job.size)
+        if not m or int(m.group(1)) != start or int(m.group(2)) != end or m.group(3) != expected_total:
+            raise RangeNotSupportedError(
+                f"Content-Range {got!r} does not match the request bytes {start}-{end}/{job.size}",
+                url=url, byte_range=(start, end))
+        length = resp.headers.get("Content-Length")
+        if length is not None and int(length) != end - start + 1:
+            raise RangeNotSupportedError(
+                f"Content-Length {length} does not match the range length {end - start + 1}",
+                url=url, byte_range=(start, end))
+        self._check_etag(job, resp)
+
+    def _check_etag(self, job: _FileJob, resp: urllib3.BaseHTTPResponse) -> None:
+        got = normalize_etag(resp.headers.get("ETag"))
+        if job.etag and got and got != job.etag:
+            raise SourceChangedError(
+                "object changed during download: ETag differs from the listing/probe", url=job.req.url)
+
+    @staticmethod
+    def _check_encoding(resp: urllib3.BaseHTTPResponse, url: str) -> None:
+        enc = resp.headers.get("Content-Encoding", "identity").strip().lower()
+        if enc not in ("", "identity"):
+            raise TransferError(f"server sent a {enc}-encoded body although identity was asked", url=url)
+
+    def _note_peer(self, job: _FileJob, resp: urllib3.BaseHTTPResponse) -> None:
+        task = resp.headers.get("X-Dragonfly-Task-ID")
+        if not task or job.task_id is not None:
+            return
+        job.task_id = task
+        finished = resp.headers.get("X-Dragonfly-Task-Download-Finished", "").lower() == "true"
+        job.source = "peer-cache" if finished else "peer"
+        if self.dragonfly is not None:
+            from .dragonfly import check_task_id, task_id_for_request
+
+            try:
+                check_task_id(task_id_for_request(job.req.url, job.headers), resp.headers, job.req.url)
+            except DfrepoError:  # Defensive: a prediction problem must not fail a download
+                log.debug("dfrepo: could not predict the task id", exc_info=True)
+
+    def _status_error(self, resp: urllib3.BaseHTTPResponse, url: str,
+                      rng: tuple[int, int] | None) -> HTTPStatusError:
+        error_type = resp.headers.get("X-Dragonfly-Error-Type")
+        where = {"backend": "origin (via Dragonfly)", "proxy": "Dragonfly proxy",
+                 "dfdaemon": "Dragonfly peer"}.get(error_type or "", "server")
+        return HTTPStatusError(f"{where} answered HTTP {resp.status} for {redact_url(url)}",
+                               status=resp.status, url=url, byte_range=rng, error_type=error_type)
+
+    @staticmethod
+    def _retryable(exc: BaseException) -> bool:
+        if isinstance(exc, HTTPStatusError):
+            return exc.retryable
+        return isinstance(exc, IncompleteDownloadError)
+
+    def _exhausted(self, exc: BaseException, attempt: int, url: str,
+                   rng: tuple[int, int] | None) -> RetriesExhaustedError:
+        err = RetriesExhaustedError(
+            f"gave up after {attempt + 1} attempts: {_describe(exc)}", attempts=attempt + 1, url=url,
+            byte_range=rng)
+        err.__cause__ = exc
+        return err
+
+    def _sleep(self, attempt: int, resp: urllib3.BaseHTTPResponse | None) -> None:
+        delay = min(self.config.backoff_max, self.config.backoff_base * (2 ** (attempt - 1)))
+        delay *= 0.5 + random.random() / 2
+        retry_after = resp.headers.get("Retry-After") if resp is not None else None
+        if retry_after and retry_after.strip().isdigit():
+            delay = max(delay, min(float(retry_after), self.config.backoff_max))
+        time.sleep(delay)
+
+    @staticmethod
+    def _close(resp: urllib3.BaseHTTPResponse | None) -> None:
+        if resp is None:
+            return
+        try:
+            resp.close()
+            resp.release_conn()
+        except Exception:  # noqa: BLE001 - Defensive: a broken connection is dropped anyway
+            pass
+
+    # -- completion ---------------------------------------------------------------------
+
+    def _finish(self, job: _FileJob, state: _BatchState) -> None:
+        size = job.size or 0
+        st = os.fstat(job.fd)
+        if st.st_size != size:
+            os.ftruncate(job.fd, size)
+        if job.req.md5 and self.config.verify_checksum:
+            digest = _md5_of(job.fd, size)
+            if digest != job.req.md5.lower():
+                raise ChecksumMismatchError(
+                    f"MD5 of the downloaded bytes does not match the listing for {job.req.dest.name}",
+                    url=job.req.url)
+        if self.config.fsync:
+            os.fsync(job.fd)
+        os.close(job.fd)
+        job.fd = -1
+        assert job.tmp is not None
+        os.replace(job.tmp, job.req.dest)
+        job.tmp = None
+        if self.config.fsync:
+            _fsync_dir(job.req.dest.parent)
+        job.result = DownloadResult(
+            path=job.req.dest,
+            size=size,
+            seconds=time.monotonic() - job.started,
+            retries=job.retries,
+            requests=job.requests,
+            implementation=self.implementation,
+            via=self.transport.via,
+            source=job.source,
+            task_id=job.task_id,
+        )
+
+
+class _Scheduler:
+    """A work queue that running tasks can extend, with fail-fast cancellation."""
+
+    def __init__(self, tasks: collections.deque) -> None:  # type: ignore[type-arg]
+        self._tasks = tasks
+        self._cond = threading.Condition()
+        self._active = 0
+        self.error: BaseException | None = None
+
+    def next(self) -> tuple[_FileJob, int | None, int | None] | None:
+        with self._cond:
+            while True:
+                if self.error is None and self._tasks:
+                    self._active += 1
+                    return self._tasks.popleft()  # type: ignore[no-any-return]
+                if self.error is not None or self._active == 0:
+                    return None
+                self._cond.wait()
+
+    def push(self, job: _FileJob, tasks: list[tuple[_FileJob, int, int]]) -> None:
+        with self._cond:
+            job.pending += len(tasks)
+            self._tasks.extend(tasks)
+            self._cond.notify_all()
+
+    def done_one(self, job: _FileJob) -> int:
+        with self._cond:
+            self._active -= 1
+            job.pending -= 1
+            self._cond.notify_all()
+            return job.pending
+
+    def fail(self, exc: BaseException) -> None:
+        with self._cond:
+            if self.error is None:
+                self.error = exc
+            self._tasks.clear()
+            self._cond.notify_all()
+
+
+class _BatchState:
+    def __init__(self, progress: ProgressCallback | None, total: int) -> None:
+        self._progress = progress
+        self._lock = threading.Lock()
+        self.done = 0
+        self.total = total
+
+    def add_total(self, n: int) -> None:
+        with self._lock:
+            self.total += n
+
+    def advance(self, n: int) -> None:
+        if self._progress is None:
+            return
+        with self._lock:
+            self.done += n
+            done, total = self.done, self.total
+        self._progress(done, total)
+
+
+def _md5_of(fd: int, size: int) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    buf = bytearray(4 * 1024 * 1024)
+    view = memoryview(buf)
+    pos = 0
+    while pos < size:
+        n = os.preadv(fd, [view[: min(len(buf), size - pos)]], pos)
+        if n <= 0:
+            break
+        h.update(view[:n])
+        pos += n
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:  # Defensive: some filesystems refuse opening directories
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:  # Defensive
+        pass
+    finally:
+        os.close(dfd)
+
+
+def _as_dfrepo_error(exc: BaseException, url: str) -> BaseException:
+    """Keep dfrepo errors, OS errors (disk) and interrupts; wrap anything else."""
+    if isinstance(exc, (DfrepoError, KeyboardInterrupt, SystemExit)):
+        return exc
+    if isinstance(exc, OSError) and not isinstance(exc, RETRYABLE_EXCEPTIONS):
+        return exc
+    err = TransferError(f"download failed: {_describe(exc)}", url=url)
+    err.__cause__ = exc
+    return err
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, DfrepoError):
+        return str(exc)
+    # urllib3/socket messages can embed the full URL; keep only the class name.
+    return exc.__class__.__name__
+
+
+def download(
+    url: str,
+    dest: str | os.PathLike[str],
+    *,
+    size: int | None = None,
+    etag: str | None = None,
+    md5: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    config: TransferConfig | None = None,
+    dragonfly: object | None = None,
+    proxy: str | None = None,
+    progress: ProgressCallback | None = None,
+    implementation: str | None = None,
+) -> DownloadResult:
+    """Download one URL to *dest*, verified and atomically.
+
+    :param url: the object's (presigned) URL. Never logged.
+    :param dest: final path; written via a temp file in the same directory.
+    :param size: the size when already known (skips the probe request).
+    :param etag: expected ETag; sent as If-Match and checked on every response.
+    :param md5: expected hex MD5 of the content, verified before the file appears.
+    :param headers: extra request headers.
+    :param config: :class:`TransferConfig`; defaults are tuned for multi-GB objects.
+    :param dragonfly: a DragonflyConfig (proxy, headers, filters, task identity).
+    :param proxy: shortcut for a plain HTTP proxy URL when no DragonflyConfig is given.
+    :param progress: ``progress(done, total)``.
+    :param implementation: force ``"cython"`` or ``"python"`` (tests, benchmarks).
+    """
+    cfg = config or TransferConfig()
+    transport = None
+    if dragonfly is None and proxy:
+        transport = Transport(cfg, proxy=proxy, fallback_direct=False)
+    req = DownloadRequest(url=url, dest=Path(dest), size=size, etag=etag, md5=md5, headers=dict(headers or {}))
+    with Downloader(cfg, transport=transport, dragonfly=dragonfly, implementation=implementation) as dl:
+        try:
+            return dl.download_many([req], progress=progress)[0]
+        finally:
+            if transport is not None:
+                transport.clear()

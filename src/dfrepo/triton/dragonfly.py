@@ -1,0 +1,102 @@
+"""The built-in agent: a drop-in replacement for ``dragonfly-repository-agent``.
+
+Same files, same environment variables, same defaults as the C++ agent:
+
+* ``$TRITON_DRAGONFLY_CONFIG_PATH`` (default ``/home/triton/dragonfly_config.json``)
+* ``$TRITON_CLOUD_CREDENTIAL_PATH`` (default ``/home/triton/cloud_credential.json``)
+
+Differences (documented in docs/triton-agent.md): a missing credential file at the
+*default* path falls back to the environment and SDK credential chains (as Triton core
+does) instead of failing; a path set explicitly in the environment must exist.  A
+missing Dragonfly config at the default path means "no proxy"; set explicitly it must
+exist.  Local (``FILESYSTEM``) locations are passed through instead of failing, and
+the agent ``parameters`` of ``config.pbtxt`` override settings per model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import ConfigError
+from .agent import AGENT_PARAMETER, LoadContext, RepoAgent
+
+__all__ = [
+    "DragonflyAgent",
+    "DEFAULT_DRAGONFLY_CONFIG_PATH",
+    "DEFAULT_CREDENTIAL_PATH",
+    "dragonfly_config_path",
+    "credential_path",
+]
+
+DEFAULT_DRAGONFLY_CONFIG_PATH = "/home/triton/dragonfly_config.json"
+DEFAULT_CREDENTIAL_PATH = "/home/triton/cloud_credential.json"
+_DRAGONFLY_ENV = "TRITON_DRAGONFLY_CONFIG_PATH"
+_CREDENTIAL_ENV = "TRITON_CLOUD_CREDENTIAL_PATH"
+
+
+def _config_file(env: str, default: str) -> str | None:
+    value = os.environ.get(env)
+    if value:
+        if not os.path.isfile(value):
+            raise ConfigError(f"{env}={value} does not exist or is not a file", source="env", key=env)
+        return value
+    return default if os.path.isfile(default) else None
+
+
+def dragonfly_config_path() -> str | None:
+    """``$TRITON_DRAGONFLY_CONFIG_PATH`` (must exist) or the default path if it exists."""
+    return _config_file(_DRAGONFLY_ENV, DEFAULT_DRAGONFLY_CONFIG_PATH)
+
+
+def credential_path() -> str | None:
+    """``$TRITON_CLOUD_CREDENTIAL_PATH`` (must exist) or the default path if it exists.
+
+    ``None`` means: use the environment and SDK credential chains.
+    """
+    return _config_file(_CREDENTIAL_ENV, DEFAULT_CREDENTIAL_PATH)
+
+
+def _overrides(parameters: Mapping[str, str]) -> dict[str, str]:
+    """Per-model settings: every agent parameter but the class selector."""
+    return {k: v for k, v in parameters.items() if k != AGENT_PARAMETER}
+
+
+def pull_model(location: str, dest: str, *, parameters: Mapping[str, str]) -> Any:
+    """Pull *location* into *dest* with dfrepo, reading the agent config files.
+
+    The one place that calls into :mod:`dfrepo.repo` (kept apart so tests can swap it).
+    """
+    from .. import repo  # lazy: the worker starts fast, and the module may be absent
+
+    overrides = _overrides(parameters)
+    cfg_path = dragonfly_config_path()
+    dragonfly = None
+    if cfg_path is not None or overrides:
+        from ..dragonfly import load_dragonfly_config
+
+        dragonfly = load_dragonfly_config(cfg_path, overrides=overrides)
+    return repo.pull(
+        location,
+        dest=dest,
+        credential_path=credential_path(),
+        dragonfly=dragonfly,
+        overrides=overrides,
+    )
+
+
+class DragonflyAgent(RepoAgent):
+    """Pull ``s3://``/``gs://``/``as://`` models through the Dragonfly peer into Triton's dir.
+
+    ``FILESYSTEM`` locations are left alone (Triton loads them in place).
+    """
+
+    name = "dragonfly"
+
+    def load(self, ctx: LoadContext) -> str | None:
+        if not ctx.is_remote:
+            return None
+        dest = ctx.acquire_dir()
+        pull_model(ctx.location, dest, parameters=ctx.parameters)
+        return dest

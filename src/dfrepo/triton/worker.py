@@ -1,0 +1,206 @@
+"""The persistent helper process behind ``libtritonrepoagent_dragonfly.so``.
+
+The C shim starts ``<python> -c <bootstrap> <record> <fd>`` once (again after a crash)
+and hands it one socket per repository-agent action; each action runs in its own thread,
+so LOADs of different models proceed concurrently.  The worker exits when the control
+socket closes (agent ``Finalize`` or tritonserver gone).
+
+Run by hand for debugging: ``python -m dfrepo.triton.worker <fd>``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigError, CredentialsError, DfrepoError, ObjectNotFoundError, RepoAgentError
+from ._protocol import HELLO, ProtocolError, read_frame, write_frame
+from .agent import LoadContext, RepoAgent, resolve_agent_class
+
+__all__ = ["main", "Dispatcher", "error_reply"]
+
+log = logging.getLogger("dfrepo.triton")
+
+_ACTIONS = {
+    "LOAD": "load",
+    "LOAD_COMPLETE": "load_complete",
+    "LOAD_FAIL": "load_fail",
+    "UNLOAD": "unload",
+    "UNLOAD_COMPLETE": "unload_complete",
+}
+_TERMINAL = ("LOAD_FAIL", "UNLOAD_COMPLETE")
+_CODES = ("UNKNOWN", "INTERNAL", "NOT_FOUND", "INVALID_ARG", "UNAVAILABLE", "UNSUPPORTED",
+          "ALREADY_EXISTS")
+_URL_QUERY = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s?'\"]*)\?[^\s'\"]*", re.IGNORECASE)
+
+
+def _error_code(exc: BaseException) -> str:
+    code = getattr(exc, "code", None)
+    if isinstance(code, str) and code in _CODES:
+        return code
+    if isinstance(exc, (ObjectNotFoundError, FileNotFoundError)):
+        return "NOT_FOUND"
+    if isinstance(exc, (ConfigError, CredentialsError)):
+        return "INVALID_ARG"
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return "UNAVAILABLE"
+    return "INTERNAL"
+
+
+def one_line(text: str) -> str:
+    """Collapse *text* to one line and strip query strings (signatures) from URLs."""
+    text = _URL_QUERY.sub(r"\1?<redacted>", text)
+    return " | ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def error_reply(exc: BaseException, *, agent: str, action: str, model: str, location: str) -> dict[str, Any]:
+    """Turn an exception into the shim's error frame (one line, no secrets)."""
+    detail = str(exc) or type(exc).__name__
+    if not isinstance(exc, DfrepoError):
+        detail = f"{type(exc).__name__}: {detail}"
+    where = one_line(location)
+    message = one_line(f"dfrepo agent '{agent}': {action} of model '{model}' ({where}) failed: {detail}")
+    return {"op": "done", "ok": False, "code": _error_code(exc), "message": message}
+
+
+@dataclass
+class _ModelEntry:
+    agent: RepoAgent
+    agent_name: str
+
+
+class Dispatcher:
+    """Runs actions against per-model agent instances. Thread-safe across models."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._models: dict[str, _ModelEntry] = {}
+
+    def active_models(self) -> int:
+        with self._lock:
+            return len(self._models)
+
+    def _entry(self, key: str, action: str, parameters: dict[str, str]) -> _ModelEntry:
+        with self._lock:
+            entry = self._models.get(key)
+        if entry is None or action == "LOAD":
+            cls = resolve_agent_class(parameters)
+            agent = cls()
+            entry = _ModelEntry(agent, getattr(agent, "name", None) or cls.__name__)
+            with self._lock:
+                self._models[key] = entry
+        return entry
+
+    def run(self, request: dict[str, Any], sock: socket.socket | None) -> dict[str, Any]:
+        """Run one action request; return the ``done`` frame (never raises)."""
+        action = str(request.get("action", ""))
+        key = str(request.get("model", ""))
+        location = str(request.get("location", ""))
+        artifact = str(request.get("artifact_type", "FILESYSTEM"))
+        parameters = {str(k): str(v) for k, v in (request.get("parameters") or {}).items()}
+        config = request.get("config") if isinstance(request.get("config"), dict) else {}
+        ctx = LoadContext(
+            action=action,  # type: ignore[arg-type]
+            location=location,
+            artifact_type="REMOTE_FILESYSTEM" if artifact == "REMOTE_FILESYSTEM" else "FILESYSTEM",
+            parameters=parameters,
+            model_config=config,
+            acquire=(lambda: _acquire(sock, ctx)) if sock is not None else None,
+        )
+        agent_name = parameters.get("dfrepo.agent") or "dragonfly"
+        try:
+            method_name = _ACTIONS.get(action)
+            if method_name is None:
+                raise RepoAgentError(f"unknown action {action!r}", code="INVALID_ARG")
+            entry = self._entry(key, action, parameters)
+            agent_name = entry.agent_name
+            result = getattr(entry.agent, method_name)(ctx)
+            new_location = None
+            if action == "LOAD" and result is not None:
+                new_location = os.path.abspath(os.fspath(result))
+                if not os.path.isdir(new_location):
+                    raise RepoAgentError(
+                        f"load() returned {new_location!r}, which is not a directory",
+                        code="INTERNAL",
+                    )
+            return {"op": "done", "ok": True, "location": new_location}
+        except BaseException as exc:  # noqa: BLE001 - every failure goes back to Triton
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            log.debug("action failed", exc_info=True)
+            return error_reply(exc, agent=agent_name, action=action, model=ctx.model_name,
+                               location=location)
+        finally:
+            if action in _TERMINAL:
+                with self._lock:
+                    self._models.pop(key, None)
+
+
+def _acquire(sock: socket.socket | None, ctx: LoadContext) -> str:
+    assert sock is not None
+    write_frame(sock, {"op": "acquire"})
+    reply = read_frame(sock)
+    if reply.get("ok") is True and reply.get("path"):
+        return str(reply["path"])
+    raise RepoAgentError(
+        f"Triton refused a local directory for model '{ctx.model_name}': "
+        f"{reply.get('message') or 'no reason given'}",
+        code=str(reply.get("code") or "INTERNAL"),
+    )
+
+
+def serve_channel(dispatcher: Dispatcher, sock: socket.socket) -> None:
+    """Serve one action channel: read the request, run it, send the ``done`` frame."""
+    with sock:
+        try:
+            request = read_frame(sock)
+            reply = dispatcher.run(request, sock)
+            write_frame(sock, reply)
+        except (ProtocolError, OSError) as exc:
+            # The shim went away mid-action (Triton shutting down): nothing to tell.
+            print(f"[dfrepo-agent] worker: action channel broken: {exc}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Worker entry point. ``argv[0]`` is the control socket's file descriptor."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args:
+        print("usage: python -m dfrepo.triton.worker <control-fd>", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Triton's Ctrl-C is not ours; EOF is
+    level = os.environ.get("DFREPO_AGENT_LOG_LEVEL")
+    if level:
+        logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                            format="[dfrepo-agent] %(levelname)s %(name)s: %(message)s")
+    ctl = socket.socket(fileno=int(args[0]))
+    dispatcher = Dispatcher()
+    ctl.send(HELLO + str(os.getpid()).encode())
+    while True:
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(ctl, 16, 8)
+        except InterruptedError:  # pragma: no cover - PEP 475 retries
+            continue
+        except OSError:
+            break
+        if not msg and not fds:
+            break  # EOF: Finalize, or tritonserver is gone
+        for fd in fds:
+            channel = socket.socket(fileno=fd)
+            threading.Thread(target=serve_channel, args=(dispatcher, channel),
+                             name=f"dfrepo-action-{fd}", daemon=True).start()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Daemon threads may still hold half-done work for a Triton that is gone; do not
+    # wait for them (and do not run interpreter teardown with them alive).
+    os._exit(0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
