@@ -10,6 +10,7 @@ import hashlib
 import http.client
 import json
 import os
+import random
 import shutil
 import ssl
 import subprocess
@@ -19,8 +20,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import quote
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dfpeer import PeerProcess, StandinPeer
 from dfpeer.server import parse_range
@@ -693,3 +697,50 @@ def test_dfpeer_does_not_import_dfrepo() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": peer_root})
     assert out.stdout.strip() == "[]"
+
+
+_PLAIN = "abcdefghijklmnopqrstuvwxyz0123456789-._"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    residual=st.dictionaries(st.text(_PLAIN, min_size=1, max_size=8), st.text(_PLAIN, max_size=8), max_size=4),
+    signature=st.text(_PLAIN + "ABCDEF/+=", min_size=1, max_size=20),
+    date=st.text("0123456789TZ", min_size=1, max_size=16),
+)
+def test_generations_agree_on_presigned_urls_with_sorted_plain_params(
+    residual: dict[str, str], signature: str, date: str
+) -> None:
+    """Reference §2.2: keep remaining params sorted and plain and A == B; signatures never matter."""
+    residual = {k: v for k, v in residual.items() if k not in DEFAULT_FILTERED_QUERY_PARAMS}
+    plain = "&".join(f"{k}={v}" for k, v in sorted(residual.items()))
+    base = "https://bucket.s3.us-east-1.amazonaws.com/models/m/1/model.onnx"
+    signed = f"{base}?{plain + '&' if plain else ''}X-Amz-Date={date}&X-Amz-Signature={quote(signature, safe='')}"
+    expected = task_id(f"{base}?{plain}" if plain else base, filtered=DEFAULT_FILTERED_QUERY_PARAMS)
+    for generation in ("A", "B"):
+        assert task_id(signed, filtered=DEFAULT_FILTERED_QUERY_PARAMS, canonicalization=generation) == expected  # type: ignore[arg-type]
+
+
+def test_random_ranges_across_piece_boundaries(origin: RangeOrigin, peer: StandinPeer) -> None:
+    data = blob(13 * MiB + 17, seed=19)
+    path = "/models/ranges/random.bin"
+    origin.put(path, data)
+    rng = random.Random(20261125)
+    edges = [0, 4 * MiB - 1, 4 * MiB, 8 * MiB - 1, 8 * MiB, 12 * MiB, len(data) - 1]
+    spans = [(a, b) for a in edges for b in edges if a <= b][:12]
+    spans += sorted((rng.randrange(len(data)), rng.randrange(len(data))) for _ in range(12))
+    conn = http.client.HTTPConnection("127.0.0.1", peer.port, timeout=60)
+    try:
+        for start, end in spans:
+            start, end = min(start, end), max(start, end)
+            conn.request("GET", origin.url_for(path), headers={"Range": f"bytes={start}-{end}"})
+            resp = conn.getresponse()
+            body = resp.read()
+            assert resp.status == 206
+            assert resp.getheader("Content-Range") == f"bytes {start}-{end}/{len(data)}"
+            assert body == data[start:end + 1]
+    finally:
+        conn.close()
+    ranges = piece_gets(origin, path)
+    assert len(ranges) == len(set(ranges)) == 4  # every piece fetched once, however the ranges overlapped
+    assert peer.stats()["origin_bytes"] == len(data)

@@ -85,7 +85,7 @@ def _run(url: str, size: int, repeat: int) -> None:
         with PeerProcess(os.path.join(tmp, "data")) as peer:
             got, seconds = fetch(peer.port, url)
             assert got == size, got
-            print(f"cold (origin in-process, not a target): {size / seconds / 1e9:.2f} GB/s")
+            print(f"cold (pure-Python origin, not a target): {size / seconds / 1e9:.2f} GB/s")
             rates = []
             for _ in range(repeat):
                 got, seconds = fetch(peer.port, url)

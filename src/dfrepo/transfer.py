@@ -61,6 +61,9 @@ class DownloadRequest:
     etag: str | None = None
     md5: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    version: str | None = None
+    """Store version evidence (ETag, GCS generation) folded into the Dragonfly task
+    identity; defaults to ``etag``."""
 
 
 @dataclass(frozen=True)
@@ -220,7 +223,7 @@ class Downloader:
         if self.dragonfly is not None:
             from .dragonfly import request_headers
 
-            version = req.etag
+            version = req.version or req.etag
             headers.update(request_headers(self.dragonfly, req.url, version=version))  # type: ignore[arg-type]
         return headers
 

@@ -74,7 +74,12 @@ def list_azure(
 ) -> list[RemoteObject]:
     """List ``location`` recursively and make a read-only SAS URL for every blob."""
     import azure.core.exceptions as aexc
-    from azure.storage.blob import BlobSasPermissions, BlobServiceClient, generate_blob_sas
+    from azure.storage.blob import (
+        BlobSasPermissions,
+        BlobServiceClient,
+        ExponentialRetry,
+        generate_blob_sas,
+    )
 
     check_expiry(expiry)
     creds = creds or AzureCredentials()
@@ -95,7 +100,10 @@ def list_azure(
     else:
         credential = creds.token_credential()
 
-    service = BlobServiceClient(endpoint, credential=credential, retry_total=2,
+    # The SDK's default backoff starts at 15 s; a model load should fail faster.
+    retry = ExponentialRetry(initial_backoff=0.5, increment_base=2, retry_total=2,
+                             random_jitter_range=0.5)
+    service = BlobServiceClient(endpoint, credential=credential, retry_policy=retry,
                                 connection_timeout=min(timeout, 10.0), read_timeout=timeout)
     container = service.get_container_client(location.container)
     list_prefix = location.prefix + "/" if location.prefix else None

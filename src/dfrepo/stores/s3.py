@@ -51,7 +51,12 @@ def _client(location: S3Location, creds: S3Credentials, timeout: float) -> Any:
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
-    if session.get_credentials() is None:
+    try:
+        found = session.get_credentials()
+    except ValueError as exc:  # botocore's container-metadata URL validation
+        raise CredentialsError(f"AWS credential chain failed ({creds.source}): {type(exc).__name__}",
+                               provider="s3", source=creds.source) from exc
+    if found is None:
         raise CredentialsError(
             f"no AWS credentials for {location.display} ({creds.source}): set key_id/"
             "secret_key in the credential file, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "

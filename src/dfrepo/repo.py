@@ -1,0 +1,253 @@
+"""Pull a whole model directory: list once, fetch every file in parallel, publish atomically.
+
+This is what the Triton agent and ``dfrepo pull`` call. The directory appears at *dest*
+only when every file arrived and verified; on any failure the staging directory is
+removed and *dest* is left as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol
+from urllib.parse import unquote, urlsplit
+
+from .config import TransferConfig
+from .errors import ConfigError, DfrepoWarning
+from .locations import AnyLocation, LocalLocation, parse_location, safe_join
+from .objects import RemoteObject
+from .transfer import DownloadRequest, DownloadResult, Downloader, ProgressCallback
+
+log = logging.getLogger("dfrepo")
+
+_TRANSFER_KEYS = {f.name for f in fields(TransferConfig)}
+#: Keys of a Triton agent's ``parameters`` (or CLI overrides) that ``pull`` itself reads.
+PULL_KEYS = {"expiry", "cache", "azure_endpoint", "dfrepo.agent"}
+
+
+class ObjectCache(Protocol):
+    """What ``pull`` needs from a persistent cache (see :mod:`dfrepo.cache`)."""
+
+    def materialize(self, obj: RemoteObject, dest: Path) -> bool:
+        """Place a verified cached copy of *obj* at *dest*; False on a miss."""
+        ...
+
+    def store(self, obj: RemoteObject, path: Path) -> None:
+        """Remember the freshly downloaded *path* as the content of *obj*."""
+        ...
+
+
+@dataclass(frozen=True)
+class PullResult:
+    """What one pull did. Byte counts say where the bytes came from."""
+
+    location: str
+    dest: Path
+    files: int
+    bytes: int
+    seconds: float
+    bytes_from_origin: int = 0
+    bytes_from_peer: int = 0
+    bytes_from_peer_cache: int = 0
+    bytes_from_cache: int = 0
+    bytes_local: int = 0
+    via: str = "direct"
+    retries: int = 0
+    requests: int = 0
+    implementation: str = ""
+    fallback_reason: str | None = None
+    results: tuple[DownloadResult, ...] = field(default=(), repr=False)
+
+    @property
+    def throughput(self) -> float:
+        """Bytes per second over the whole pull (listing included)."""
+        return self.bytes / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "results"}
+        d["dest"] = str(self.dest)
+        d["throughput"] = self.throughput
+        return d
+
+
+def split_overrides(overrides: Mapping[str, str] | None) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """Split flat overrides into (dragonfly, transfer, pull) settings; warn on unknown keys."""
+    from .dragonfly import is_override_key
+
+    dragonfly: dict[str, str] = {}
+    transfer: dict[str, str] = {}
+    pull: dict[str, str] = {}
+    for key, value in (overrides or {}).items():
+        if key in _TRANSFER_KEYS:
+            transfer[key] = value
+        elif key in PULL_KEYS:
+            pull[key] = value
+        elif is_override_key(key):
+            dragonfly[key] = value
+        else:
+            warnings.warn(f"dfrepo: ignoring unknown setting {key!r}", DfrepoWarning, stacklevel=3)
+    return dragonfly, transfer, pull
+
+
+def pull(
+    location: str | AnyLocation,
+    dest: str | os.PathLike[str],
+    *,
+    credential_path: str | os.PathLike[str] | None = None,
+    dragonfly: Any | None = None,
+    transfer: TransferConfig | None = None,
+    cache: ObjectCache | None = None,
+    overrides: Mapping[str, str] | None = None,
+    progress: ProgressCallback | None = None,
+    expiry: int | None = None,
+    env: Mapping[str, str] | None = None,
+    implementation: str | None = None,
+    objects: list[RemoteObject] | None = None,
+) -> PullResult:
+    """Fetch the model directory at *location* into *dest*.
+
+    :param location: ``s3://``, ``gs://``, ``as://`` (Triton's grammar), a local path or
+        ``file://``.
+    :param dest: the directory to fill. If it exists it must be empty (Triton's
+        acquired dir is); if not, it is created by one rename at the end.
+    :param credential_path: a ``cloud_credential.json`` (default:
+        ``TRITON_CLOUD_CREDENTIAL_PATH``, then env vars and SDK chains).
+    :param dragonfly: a :class:`~dfrepo.dragonfly.DragonflyConfig`; None loads
+        ``dragonfly_config.json`` from ``TRITON_DRAGONFLY_CONFIG_PATH`` (defaults if missing).
+    :param transfer: engine settings.
+    :param cache: a persistent cache; hits are hard-linked instead of downloaded.
+    :param overrides: flat string settings (Triton agent ``parameters``, CLI flags):
+        Dragonfly keys (``proxy``, ``tag``, ``filter``, ``header.X``, ``fallback`` ...),
+        transfer keys (``concurrency``, ``range_size`` ...) and ``expiry``.
+    :param objects: an already made listing (skips listing; ``dfrepo ls``/tests).
+    """
+    from .dragonfly import load_dragonfly_config
+    from .stores import list_model
+
+    started = time.monotonic()
+    env = os.environ if env is None else env
+    df_over, tr_over, pull_over = split_overrides(overrides)
+    if dragonfly is None or df_over:
+        if dragonfly is not None and df_over:
+            raise ConfigError("give either a DragonflyConfig or Dragonfly overrides, not both",
+                              source="arg", key="dragonfly")
+        dragonfly = load_dragonfly_config(None, env=env, overrides=df_over)
+    cfg = (transfer or TransferConfig()).with_overrides(tr_over)
+    if "expiry" in pull_over:
+        try:
+            expiry = int(pull_over["expiry"])
+        except ValueError:
+            raise ConfigError(f"expiry must be seconds, got {pull_over['expiry']!r}",
+                              source="arg", key="expiry") from None
+
+    loc = parse_location(location, env=env, azure_endpoint=pull_over.get("azure_endpoint")) \
+        if isinstance(location, str) else location
+    if objects is None:
+        kwargs: dict[str, Any] = {"credential_path": credential_path, "env": env}
+        if expiry is not None:
+            kwargs["expiry"] = expiry
+        objects = list_model(loc, **kwargs)
+
+    dest = Path(dest)
+    _check_dest(dest)
+    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.dfrepo-stage-", dir=dest.parent))
+    try:
+        counts = {"cache": 0, "local": 0}
+        to_fetch: list[tuple[RemoteObject, DownloadRequest]] = []
+        etag_is_http = loc.scheme in ("s3", "as")
+        for obj in objects:
+            target = safe_join(stage, obj.rel_path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(loc, LocalLocation) or obj.url.startswith("file://"):
+                _link_or_copy(Path(unquote(urlsplit(obj.url).path)), target)
+                counts["local"] += obj.size
+                continue
+            if cache is not None and cache.materialize(obj, target):
+                counts["cache"] += obj.size
+                continue
+            to_fetch.append((obj, DownloadRequest(
+                url=obj.url, dest=target, size=obj.size,
+                etag=obj.version if etag_is_http else None,
+                md5=obj.md5, headers=dict(obj.headers), version=obj.version)))
+        results: list[DownloadResult] = []
+        fallback_reason = None
+        via = "direct"
+        impl = ""
+        if to_fetch:
+            with Downloader(cfg, dragonfly=dragonfly if dragonfly.enabled else None,
+                            implementation=implementation) as dl:
+                results = dl.download_many([r for _, r in to_fetch], progress=progress)
+                fallback_reason = dl.transport.fallback_reason
+                via = dl.transport.via
+                impl = dl.implementation
+            if cache is not None:
+                for obj, req in to_fetch:
+                    cache.store(obj, req.dest)
+        _publish(stage, dest)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    by_source = {"origin": 0, "peer": 0, "peer-cache": 0}
+    for r in results:
+        by_source[r.source] = by_source.get(r.source, 0) + r.size
+    total = sum(o.size for o in objects)
+    result = PullResult(
+        location=loc.display,
+        dest=dest,
+        files=len(objects),
+        bytes=total,
+        seconds=time.monotonic() - started,
+        bytes_from_origin=by_source["origin"],
+        bytes_from_peer=by_source["peer"],
+        bytes_from_peer_cache=by_source["peer-cache"],
+        bytes_from_cache=counts["cache"],
+        bytes_local=counts["local"],
+        via=via,
+        retries=sum(r.retries for r in results),
+        requests=sum(r.requests for r in results),
+        implementation=impl,
+        fallback_reason=fallback_reason,
+        results=tuple(results),
+    )
+    log.info("dfrepo: pulled %s: %d files, %d bytes in %.2fs", loc.display, result.files, total, result.seconds)
+    return result
+
+
+def _check_dest(dest: Path) -> None:
+    if dest.exists():
+        if not dest.is_dir():
+            raise ConfigError(f"destination {str(dest)!r} exists and is not a directory",
+                              source="arg", key="dest")
+        if any(dest.iterdir()):
+            raise ConfigError(f"destination {str(dest)!r} is not empty", source="arg", key="dest")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _publish(stage: Path, dest: Path) -> None:
+    """Make the staged tree visible at *dest*: one rename when dest does not exist;
+    otherwise (Triton's acquired, empty dir) one rename per top-level entry."""
+    try:
+        os.rename(stage, dest)
+        return
+    except OSError:
+        if not dest.is_dir():
+            raise
+    for entry in sorted(stage.iterdir()):
+        os.rename(entry, dest / entry.name)
+    stage.rmdir()
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copy2(src, dest)
+
+
+ProgressFactory = Callable[[int], ProgressCallback]
