@@ -202,3 +202,19 @@ def test_triton_gs_repository_on_fake_gcs(triton_server, fake_gcs: FakeGcsServer
     status, text = triton.load("toy_gs")
     assert status == 200, text + triton.log()[-3000:]
     assert triton.infer_fp32("toy_gs", "INPUT0", [1, 1, 1, 1], "OUTPUT0") == [0, 0, 0, 0]
+
+
+@pytest.mark.triton
+@pytest.mark.servers
+def test_triton_as_repository_on_azurite_tls(triton_server, azurite_tls, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    local = tmp_path / "repo"
+    make_toy_model(local, "toy_as", add=10.0)
+    upload_tree_azure(azurite_tls, "triton-models", "repo", local)
+    triton = triton_server(
+        f"as://{azurite_tls.account}/triton-models/repo",
+        env=azurite_tls.triton_env(),
+        mounts=azurite_tls.triton_mounts(),
+    )
+    status, text = triton.load("toy_as")
+    assert status == 200, text + triton.log()[-3000:]
+    assert triton.infer_fp32("toy_as", "INPUT0", [0, 1, 2, 3], "OUTPUT0") == [10, 11, 12, 13]

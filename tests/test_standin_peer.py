@@ -744,3 +744,9 @@ def test_random_ranges_across_piece_boundaries(origin: RangeOrigin, peer: Standi
     ranges = piece_gets(origin, path)
     assert len(ranges) == len(set(ranges)) == 4  # every piece fetched once, however the ranges overlapped
     assert peer.stats()["origin_bytes"] == len(data)
+
+
+def test_malformed_targets_are_400_proxy(peer: StandinPeer) -> None:
+    for target in ("http:///models/no-host.bin", "ftp://127.0.0.1/models/x.bin"):
+        reply = call(peer.port, "GET", target, {"Host": "x"})
+        assert (reply.status, reply.headers["X-Dragonfly-Error-Type"], reply.body) == (400, "proxy", b"")

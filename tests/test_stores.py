@@ -290,14 +290,22 @@ def test_s3_escaping_keys_refused(moto_s3: Any) -> None:
 
 
 @pytest.mark.servers
-def test_s3_many_pages(moto_s3: Any) -> None:
-    client = moto_s3.client()
-    if not _bucket_exists(moto_s3, "models"):
+def test_s3_one_paginated_listing(s3_server: Any) -> None:
+    """Only ListObjectsV2 pages (no delimiter, no HEADs); presigning is local."""
+    client = s3_server.client()
+    if not _bucket_exists(s3_server, "models"):
         client.create_bucket(Bucket="models")
-    for i in range(1005):
-        client.put_object(Bucket="models", Key=f"paged/m/f{i:04d}", Body=b"")
-    objs = list_model(_s3_loc(moto_s3, "models", "paged/m"), _s3_creds(moto_s3))
-    assert len(objs) == 1005  # zero-size files that are not markers are kept
+    for i in range(25):
+        client.put_object(Bucket="models", Key=f"paged/m/d{i % 3}/f{i:04d}", Body=b"")
+    s3_server.clear_log()
+    objs = list_model(_s3_loc(s3_server, "models", "paged/m"), _s3_creds(s3_server), page_size=10)
+    assert len(objs) == 25  # zero-size files that are not "dir/" markers are kept
+    log = s3_server.request_log()
+    assert len(log) == 3, log
+    for method, target in log:
+        query = parse_qs(urlsplit(target).query)
+        assert method == "GET" and query["list-type"] == ["2"] and query["prefix"] == ["paged/m/"]
+        assert "delimiter" not in query
 
 
 @pytest.mark.servers
@@ -461,3 +469,51 @@ def test_gcs_emulator_env_and_missing(fake_gcs: Any, tmp_path: Path) -> None:
     assert len(list_model("gs://models/envrepo/toy", env=env)) == 5
     with pytest.raises(ObjectNotFoundError, match="no objects under"):
         list_model("gs://models/envrepo/nothing", env=env)
+
+
+class _TokenOnly:
+    """Stands in for ADC user credentials: a bearer token, no signer, no SA e-mail."""
+
+    valid = True
+    token = "ya29.TOKEN-SECRET"
+
+
+class _MetadataLike(_TokenOnly):
+    """Stands in for Compute Engine credentials: an SA e-mail but no local key."""
+
+    service_account_email = "sa@p.iam.gserviceaccount.com"
+
+
+@pytest.mark.servers
+def test_gcs_bearer_fallback(fake_gcs: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    files = make_model_dir(tmp_path / "model")
+    _upload("gs", fake_gcs, "models", "bearer/toy", tmp_path / "model")
+    loc = parse_location("gs://models/bearer/toy", gcs_endpoint=fake_gcs.endpoint)
+    monkeypatch.setattr(GCSCredentials, "load", lambda self, **kw: _TokenOnly())
+    objs = list_model(loc, GCSCredentials())
+    check_listing(objs, files)  # the emulator ignores the header, but it is sent
+    for obj in objs:
+        assert obj.headers == {"Authorization": "Bearer ya29.TOKEN-SECRET"}
+        assert "TOKEN-SECRET" not in repr(obj)
+        assert obj.url.endswith(f"&generation={obj.version}")
+
+
+@pytest.mark.servers
+def test_gcs_iam_failure_falls_back(fake_gcs: Any, tmp_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import google.cloud.storage._signing as signing
+
+    make_model_dir(tmp_path / "model")
+    _upload("gs", fake_gcs, "models", "iam/toy", tmp_path / "model")
+    loc = parse_location("gs://models/iam/toy", gcs_endpoint=fake_gcs.endpoint)
+    calls: list[str] = []
+
+    def refuse(*args: Any, **kwargs: Any) -> str:
+        calls.append("signBlob")
+        raise signing.exceptions.TransportError("403 iam.serviceAccounts.signBlob denied")
+
+    monkeypatch.setattr(signing, "_sign_message", refuse)
+    monkeypatch.setattr(GCSCredentials, "load", lambda self, **kw: _MetadataLike())
+    objs = list_model(loc, GCSCredentials())
+    assert calls == ["signBlob"]  # tried once, then bearer for every object
+    assert all(o.headers == {"Authorization": "Bearer ya29.TOKEN-SECRET"} for o in objs)

@@ -11,11 +11,14 @@ import logging
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 from types import FrameType
 
 from .server import PeerConfig, PeerCore, PeerServer
+
+
+class _Stop(Exception):
+    """Raised by the SIGTERM/SIGINT handler to leave ``serve_forever`` at once."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     port = int(server.server_address[1])
 
     def _stop(signum: int, frame: FrameType | None) -> None:
-        threading.Thread(target=server.shutdown, daemon=True).start()
+        raise _Stop(signum)
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
@@ -72,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         os.replace(tmp, args.ready_file)
     try:
         server.serve_forever(poll_interval=0.2)
+    except _Stop:
+        pass
     finally:
         server.server_close()
         server.close_all()

@@ -548,6 +548,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self._drain_body()
                 self._send_empty(400, error_type="proxy")
                 return
+        try:
+            Target.parse(url)
+        except ValueError:
+            self._drain_body()
+            self._send_empty(400, error_type="proxy")
+            return
         use_p2p = self.headers.get("X-Dragonfly-Use-P2P", "").strip().lower() == "true"
         if self.command == "GET" and (core.matches_rule(url) or use_p2p):
             self._drain_body()
@@ -806,12 +812,6 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._body_chunks()
         if body is not None and not chunked_in:
             headers.append(("Content-Length", self.headers["Content-Length"]))
-        try:
-            Target.parse(url)
-        except ValueError:
-            self._drain_body()
-            self._send_empty(400, error_type="proxy")
-            return
         try:
             conn, resp = core.upstream.request(self.command, url, headers, body=body, chunked=chunked_in)
         except (OSError, http.client.HTTPException) as exc:

@@ -137,7 +137,7 @@ class Upstream:
                     if chunked:
                         conn.send(b"0\r\n\r\n")
                 return conn, conn.getresponse()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            except (ConnectionError, ssl.SSLEOFError):  # incl. RemoteDisconnected: a stale pooled connection
                 conn.close()
                 if not reused or attempt:
                     raise

@@ -1,6 +1,6 @@
 """pytest fixtures for the real servers (loaded as a plugin by tests/conftest.py).
 
-Session fixtures: ``seaweedfs``, ``moto_s3``, ``azurite``, ``fake_gcs``, ``nginx_origin``.
+Session fixtures: ``seaweedfs``, ``moto_s3``, ``azurite``, ``azurite_tls``, ``fake_gcs``, ``nginx_origin``.
 Function fixture: ``triton_server`` (a factory; every server it started is stopped at teardown).
 A fixture whose binary is missing skips the test with the reason; scripts/bootstrap.sh
 installs them all.
@@ -8,19 +8,29 @@ installs them all.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, TypeVar
 
 import pytest
 
-from .azure import AzuriteServer, start_azurite
+from .azure import AzuriteServer, AzuriteTlsServer, start_azurite, start_azurite_tls
 from .gcs import FakeGcsServer, start_fake_gcs
 from .nginx import NginxOrigin, start_nginx
 from .s3 import S3Server, start_moto, start_seaweedfs
 from .triton import TritonHandle, start_triton
 
-__all__ = ["TritonFactory", "azurite", "fake_gcs", "moto_s3", "nginx_origin", "seaweedfs", "triton_server"]
+__all__ = [
+    "TritonFactory",
+    "azurite",
+    "azurite_tls",
+    "fake_gcs",
+    "moto_s3",
+    "nginx_origin",
+    "seaweedfs",
+    "triton_server",
+]
 
 T = TypeVar("T")
 
@@ -63,6 +73,16 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteServer]
 
 
 @pytest.fixture(scope="session")
+def azurite_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteTlsServer]:
+    """Azurite over HTTPS on 127.0.0.x:443 for Triton ``as://`` (pass ``mounts=.triton_mounts()``)."""
+    server = _start_or_skip("Azurite (TLS)", lambda: start_azurite_tls(tmp_path_factory.mktemp("azurite-tls")))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
 def fake_gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGcsServer]:
     """fake-gcs-server over HTTP with a filesystem backend."""
     server = _start_or_skip("fake-gcs-server", lambda: start_fake_gcs(tmp_path_factory.mktemp("fake-gcs")))
@@ -95,6 +115,7 @@ class TritonFactory(Protocol):
         extra_args: Sequence[str] = (),
         wait: bool = True,
         timeout: float = 60.0,
+        mounts: Mapping[str, str | os.PathLike[str]] | None = None,
     ) -> TritonHandle: ...
 
 
@@ -113,6 +134,7 @@ def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonFa
         extra_args: Sequence[str] = (),
         wait: bool = True,
         timeout: float = 60.0,
+        mounts: Mapping[str, str | os.PathLike[str]] | None = None,
     ) -> TritonHandle:
         if not workdir:
             workdir.append(tmp_path_factory.mktemp("triton"))
@@ -126,6 +148,7 @@ def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonFa
                 explicit=explicit,
                 extra_args=extra_args,
                 wait=False,
+                mounts=mounts,
             )
 
         handle = _start_or_skip("Triton", launch)

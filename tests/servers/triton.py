@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import sysconfig
 import urllib.error
@@ -164,6 +165,20 @@ class TritonHandle:
         raise RuntimeError(f"output {output_name!r} missing from response: {text}")
 
 
+def _in_private_mounts(
+    argv: Sequence[str | os.PathLike[str]], mounts: Mapping[str, os.PathLike[str] | str]
+) -> list[str | os.PathLike[str]]:
+    """Wrap ``argv`` so it runs in a new mount namespace with ``mounts`` bind-mounted."""
+    unshare = shutil.which("unshare")
+    if unshare is None or os.geteuid() != 0:
+        raise FileNotFoundError("bind mounts for Triton need root and unshare (util-linux)")
+    script = 'set -e; while [ "$1" != "--" ]; do mount --bind "$1" "$2"; shift 2; done; shift; exec "$@"'
+    pairs: list[str | os.PathLike[str]] = []
+    for target, source in mounts.items():
+        pairs += [os.fspath(source), target]
+    return [unshare, "-m", "--propagation", "private", "sh", "-c", script, "sh", *pairs, "--", *argv]
+
+
 def _q(name: str) -> str:
     return urllib.parse.quote(name, safe="")
 
@@ -178,6 +193,7 @@ def start_triton(
     extra_args: Sequence[str] = (),
     wait: bool = True,
     timeout: float = 60.0,
+    mounts: Mapping[str, os.PathLike[str] | str] | None = None,
 ) -> TritonHandle:
     """Start tritonserver on 127.0.0.1 and (if ``wait``) block until ``/v2/health/live`` is 200.
 
@@ -185,6 +201,9 @@ def start_triton(
     "live" also means "initial loading finished" (failed models leave the server up, because
     of ``--exit-on-error=false``). If the process exits first, :class:`ServerStartError` carries
     the log tail; with ``wait=False`` the caller inspects ``returncode``/``log()`` itself.
+
+    ``mounts`` (target -> source) runs Triton in a private mount namespace (``unshare -m``,
+    root only) with those files bind-mounted, e.g. a hosts file and CA bundle for ``as://``.
     """
     home = triton_home()
     if home is None:
@@ -237,6 +256,8 @@ def start_triton(
     if repoagent_dir is not None:
         argv.append(f"--repoagent-directory={repoagent_dir}")
     argv.extend(extra_args)
+    if mounts:
+        argv = _in_private_mounts(argv, mounts)
 
     log_path = workdir / f"tritonserver-{http_port}.log"
     proc = ManagedProcess("tritonserver", argv, log_path=log_path, env=base, cwd=workdir)

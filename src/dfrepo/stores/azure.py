@@ -53,6 +53,12 @@ def _translate(exc: BaseException, location: AzureLocation, creds: AzureCredenti
     status = getattr(exc, "status_code", None)
     if isinstance(exc, aexc.ClientAuthenticationError) or status in (401, 403):
         code = getattr(exc, "error_code", None) or status or type(exc).__name__
+        code = getattr(code, "value", code)  # StorageErrorCode enum -> its wire name
+        if creds.auth_type == "anonymous":
+            return CredentialsError(
+                f"anonymous access to {where} was refused: the container is private; "
+                f"configure an account key or identity ({code})", provider="as",
+                source=creds.source)
         return CredentialsError(
             f"Azure rejected the credentials for {where} ({creds.source}, auth_type="
             f"{creds.auth_type}): {code}", provider="as", source=creds.source)
@@ -60,7 +66,8 @@ def _translate(exc: BaseException, location: AzureLocation, creds: AzureCredenti
         return StoreError(f"cannot reach the Azure endpoint for {where}: {type(exc).__name__}",
                           provider="as")
     if isinstance(exc, aexc.HttpResponseError):
-        return StoreError(f"Azure error listing {where}: {getattr(exc, 'error_code', None) or status}",
+        code = getattr(exc, "error_code", None) or status
+        return StoreError(f"Azure error listing {where}: {getattr(code, 'value', code)}",
                           provider="as", status=status)
     return StoreError(f"Azure listing of {where} failed: {type(exc).__name__}", provider="as")
 
@@ -77,7 +84,7 @@ def list_azure(
     from azure.storage.blob import (
         BlobSasPermissions,
         BlobServiceClient,
-        ExponentialRetry,
+        LinearRetry,
         generate_blob_sas,
     )
 
@@ -100,9 +107,9 @@ def list_azure(
     else:
         credential = creds.token_credential()
 
-    # The SDK's default backoff starts at 15 s; a model load should fail faster.
-    retry = ExponentialRetry(initial_backoff=0.5, increment_base=2, retry_total=2,
-                             random_jitter_range=0.5)
+    # The SDK's default exponential backoff starts at 15 s; a model load should fail
+    # faster (the transfer engine retries downloads on its own).
+    retry = LinearRetry(backoff=1.0, random_jitter_range=0.5, retry_total=2)
     service = BlobServiceClient(endpoint, credential=credential, retry_policy=retry,
                                 connection_timeout=min(timeout, 10.0), read_timeout=timeout)
     container = service.get_container_client(location.container)

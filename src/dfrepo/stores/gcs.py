@@ -62,7 +62,7 @@ def _ensure_token(gcreds: Any) -> str:
 
     if not gcreds.valid:
         gcreds.refresh(google.auth.transport.requests.Request())
-    return str(gcreds.token)
+    return str(gcreds.token) if gcreds.token else ""
 
 
 def _translate(exc: BaseException, location: GCSLocation, creds: GCSCredentials) -> Exception:
@@ -155,7 +155,9 @@ def list_gcs(
             if url is None:
                 url = location.url_for(name, blob.generation)
                 if mode == "bearer" and not headers:
-                    headers = {"Authorization": f"Bearer {_ensure_token(gcreds)}"}
+                    token = _ensure_token(gcreds)
+                    if token:  # anonymous credentials have none
+                        headers = {"Authorization": f"Bearer {token}"}
             objects.append(RemoteObject(
                 rel_path=rel, size=size, url=url,
                 version=str(blob.generation) if blob.generation is not None else None,

@@ -119,8 +119,12 @@ def list_s3(
     expiry: int = 900,
     timeout: float = 30.0,
     trust_etag_md5: bool = True,
+    page_size: int | None = None,
 ) -> list[RemoteObject]:
-    """List ``location`` recursively and presign a GET for every object."""
+    """List ``location`` recursively and presign a GET for every object.
+
+    :param page_size: ``MaxKeys`` per ListObjectsV2 page (server default 1000).
+    """
     import botocore.exceptions
 
     check_expiry(expiry)
@@ -142,7 +146,9 @@ def list_s3(
                 client = _client(location, creds, timeout)
         paginator = client.get_paginator("list_objects_v2")
         objects: list[RemoteObject] = []
-        for page in paginator.paginate(Bucket=location.bucket, Prefix=list_prefix):
+        pages = paginator.paginate(Bucket=location.bucket, Prefix=list_prefix,
+                                   PaginationConfig={"PageSize": page_size} if page_size else {})
+        for page in pages:
             for item in page.get("Contents", ()):
                 key, size = item["Key"], int(item.get("Size", 0))
                 if is_dir_marker(key, size):

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The main job on a fresh machine: install what is needed, then a real Triton loads a model
+# from a local S3 store through dfrepo and a (stand-in) Dragonfly peer. Arguments go to demo.py.
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bash "$REPO/scripts/bootstrap.sh"
+export PATH="$REPO/.venv/bin:$PATH"
+exec "$REPO/.venv/bin/python" "$REPO/scripts/demo.py" "$@"
