@@ -45,7 +45,7 @@ quiet() {
 # ---------------------------------------------------------------------------------------------
 # 1. System packages
 # ---------------------------------------------------------------------------------------------
-pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+pkg_installed() { [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" == "install ok installed" ]]; }
 
 # "package:command" — a package is wanted when neither it is installed nor (if a command is
 # given) that command is on PATH; node/npm for instance may come from NodeSource, not Debian.
@@ -80,16 +80,13 @@ if ((${#missing[@]})); then
     log "apt: installing ${missing[*]}"
     # Keep maintainer scripts from starting services (nginx on :80, squid) on this machine.
     policy=/usr/sbin/policy-rc.d
-    own_policy=0
     if [[ ! -e "$policy" ]]; then
-        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && own_policy=1
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod +x "$policy"
+        trap 'rm -f "$policy"' EXIT   # also on failure: never leave our policy behind
     fi
-    apt_ok=0
-    if quiet apt-get update -q && quiet apt-get install -y -q --no-install-recommends "${missing[@]}"; then
-        apt_ok=1
-    fi
-    ((own_policy)) && rm -f "$policy"
-    ((apt_ok)) || die "apt-get install failed"
+    quiet apt-get update -q
+    quiet apt-get install -y -q --no-install-recommends "${missing[@]}"
 else
     log "apt: all packages present"
 fi

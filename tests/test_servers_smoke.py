@@ -9,7 +9,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from servers.azure import AzuriteServer
 from servers.gcs import FakeGcsServer
 from servers.models import make_toy_model, payload_bytes_for
@@ -124,9 +123,7 @@ def test_nginx_origin_ranges_and_access_log(nginx_origin: NginxOrigin) -> None:
 
 
 @pytest.mark.servers
-def test_upload_helpers(
-    tmp_path: Path, seaweedfs: S3Server, fake_gcs: FakeGcsServer, azurite: AzuriteServer
-) -> None:
+def test_upload_helpers(tmp_path: Path, seaweedfs: S3Server, fake_gcs: FakeGcsServer, azurite: AzuriteServer) -> None:
     make_toy_model(tmp_path, "toy", payload_bytes=4096, agent="dragonfly", agent_params={"k": "v"})
     expected = ["repo/toy/1/model.py", "repo/toy/1/weights.bin", "repo/toy/config.pbtxt", "repo/toy/labels.txt"]
     assert upload_tree_s3(seaweedfs, "up-s3", "repo", tmp_path) == expected
@@ -140,9 +137,10 @@ def test_upload_helpers(
     assert fake_gcs.client().bucket("up-gcs").blob("repo/toy/1/weights.bin").download_as_bytes() == weights
     cc = azurite.service_client().get_container_client("up-azure")
     assert cc.download_blob("repo/toy/1/weights.bin").readall() == weights
-    assert 'model_repository_agents { agents [ { name: "dragonfly" parameters [ { key: "k" value: "v" } ] } ] }' in (
-        tmp_path / "toy/config.pbtxt"
-    ).read_text()
+    assert (
+        'model_repository_agents { agents [ { name: "dragonfly" parameters [ { key: "k" value: "v" } ] } ] }'
+        in (tmp_path / "toy/config.pbtxt").read_text()
+    )
 
 
 # ------------------------------------------------------------------------------------------

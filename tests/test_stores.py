@@ -517,3 +517,18 @@ def test_gcs_iam_failure_falls_back(fake_gcs: Any, tmp_path: Path,
     objs = list_model(loc, GCSCredentials())
     assert calls == ["signBlob"]  # tried once, then bearer for every object
     assert all(o.headers == {"Authorization": "Bearer ya29.TOKEN-SECRET"} for o in objs)
+
+
+@pytest.mark.servers
+def test_s3_plain_form_with_sdk_endpoint_env(moto_s3: Any, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """``s3://bucket/...`` plus boto3's own AWS_ENDPOINT_URL (the SDK chain decides)."""
+    files = make_model_dir(tmp_path / "model")
+    _upload("s3", moto_s3, "models", "plainform/toy", tmp_path / "model")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_s3.endpoint)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    moto_s3.clear_log()
+    objs = list_model("s3://models/plainform/toy",
+                      S3Credentials(key_id=moto_s3.access_key, secret_key=moto_s3.secret_key))
+    check_listing(objs, files)
+    assert all(o.source.startswith("s3://models/plainform/toy/") for o in objs)

@@ -11,7 +11,7 @@ while it waits) with the ``pwrite`` still done here without the GIL.
 The pure-Python twin is :mod:`dfrepo._fastio_py`; both raise the same errors.
 """
 
-from libc.errno cimport errno, EINTR, EAGAIN
+from libc.errno cimport errno, EINTR, EAGAIN, EINVAL
 
 # EWOULDBLOCK == EAGAIN on Linux; only EAGAIN is tested.
 from libc.string cimport strerror
@@ -31,6 +31,7 @@ cdef extern from "<sys/types.h>":
 
 cdef extern from "<unistd.h>" nogil:
     ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset)
+    ssize_t read(int fd, void *buf, size_t count)
     int pipe2(int *fds, int flags)
     int close(int fd)
 
@@ -124,8 +125,13 @@ cdef ssize_t _recv_fill(int sock, char *buf, size_t want, int timeout_ms) noexce
 
 
 cdef ssize_t _splice_chunk(int sock, int pipe_r, int pipe_w, int fd, off_t off, size_t want,
-                           int timeout_ms) noexcept nogil:
-    """Move up to want bytes socket -> pipe -> file at off. Returns bytes moved or an error code."""
+                           int timeout_ms, char *buf, size_t bufsize, bint *no_splice) noexcept nogil:
+    """Move up to want bytes socket -> pipe -> file at off. Returns bytes moved or an error code.
+
+    If the destination file system cannot splice (EINVAL), the bytes already in the pipe
+    are drained through *buf* with read + pwrite and *no_splice* is set, so the caller
+    continues with recv.
+    """
     cdef ssize_t inpipe = 0
     cdef ssize_t r
     cdef int w
@@ -153,22 +159,54 @@ cdef ssize_t _splice_chunk(int sock, int pipe_r, int pipe_w, int fd, off_t off, 
             continue
         if r < 0 and errno == EINTR:
             continue
+        if r < 0 and errno == EINVAL:
+            no_splice[0] = True
+            return _drain_pipe(pipe_r, fd, pos, <size_t>(inpipe - moved), buf, bufsize, moved)
         return -errno if r < 0 else -5  # EIO: the pipe cannot be drained
     return moved
 
 
+cdef ssize_t _drain_pipe(int pipe_r, int fd, off_t pos, size_t left, char *buf, size_t bufsize,
+                         ssize_t moved) noexcept nogil:
+    cdef ssize_t r
+    cdef int w
+    while left > 0:
+        r = read(pipe_r, buf, left if left < bufsize else bufsize)
+        if r < 0 and errno == EINTR:
+            continue
+        if r <= 0:
+            return -errno if r < 0 else -5
+        w = _write_all(fd, buf, <size_t>r, pos)
+        if w:
+            return w
+        pos += r
+        left -= <size_t>r
+        moved += r
+    return moved
+
+
 cdef class _Pipe:
-    """A per-thread pipe for splice, grown to the buffer size when the kernel allows."""
+    """A per-thread pipe for splice, grown towards the buffer size as far as the kernel allows."""
     cdef int r
     cdef int w
+    cdef readonly Py_ssize_t size
 
     def __cinit__(self, Py_ssize_t size):
         cdef int fds[2]
+        cdef int got
+        self.r = -1
+        self.w = -1
         if pipe2(fds, O_CLOEXEC) != 0:
             raise OSError(errno, strerror(errno).decode())
         self.r = fds[0]
         self.w = fds[1]
-        fcntl(self.w, F_SETPIPE_SZ, <int>size)
+        self.size = 65536
+        while size >= 65536:
+            got = fcntl(self.w, F_SETPIPE_SZ, <int>size)
+            if got > 0:
+                self.size = got
+                break
+            size //= 2  # unprivileged processes are capped by /proc/sys/fs/pipe-max-size
 
     def __dealloc__(self):
         if self.r >= 0:
@@ -240,6 +278,8 @@ def copy_body(object resp, int fd, long long offset, long long length, bytearray
     cdef off_t pos
     cdef int pipe_r = -1, pipe_w = -1
     cdef bint use_splice
+    cdef bint no_splice = False
+    cdef size_t chunk
 
     if mode not in MODES:
         raise ValueError(f"unknown io mode {mode!r}")
@@ -248,10 +288,12 @@ def copy_body(object resp, int fd, long long offset, long long length, bytearray
 
     if sock is not None:
         use_splice = mode == "splice"
+        chunk = bufsize
         if use_splice:
             p = _thread_pipe(<Py_ssize_t>bufsize)
             pipe_r = (<_Pipe>p).r
             pipe_w = (<_Pipe>p).w
+            chunk = min(bufsize, <size_t>(<_Pipe>p).size)
         # Body bytes http.client already buffered while parsing headers come first.
         pre = hresp.fp.read1(min(length, <long long>bufsize)) if hresp.fp.peek(0) else b""
         if pre:
@@ -270,9 +312,10 @@ def copy_body(object resp, int fd, long long offset, long long length, bytearray
             remaining = length - done
             pos = <off_t>(offset + done)
             with nogil:
-                if use_splice:
+                if use_splice and not no_splice:
                     got = _splice_chunk(sockfd, pipe_r, pipe_w, fd, pos,
-                                        <size_t>min(remaining, <long long>bufsize), timeout_ms)
+                                        <size_t>min(remaining, <long long>chunk), timeout_ms,
+                                        cbuf, bufsize, &no_splice)
                     werr = 0
                 else:
                     got = _recv_fill(sockfd, cbuf, <size_t>min(remaining, <long long>bufsize), timeout_ms)

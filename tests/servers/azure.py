@@ -98,13 +98,17 @@ def start_azurite(
     port = port or free_port(host)
     argv: list[str | os.PathLike[str]] = [
         exe,
-        "--blobHost", host,
-        "--blobPort", str(port),
-        "--location", data,
+        "--blobHost",
+        host,
+        "--blobPort",
+        str(port),
+        "--location",
+        data,
         "--disableTelemetry",
         "--skipApiVersionCheck",
         "--loose",
-        "--debug", workdir / "azurite-debug.log",
+        "--debug",
+        workdir / "azurite-debug.log",
     ]
     if cert is not None and key is not None:
         argv += ["--cert", cert, "--key", key]
@@ -204,9 +208,7 @@ def _write_test_pki(workdir: Path, ip: str) -> tuple[Path, Path, Path]:
         .not_valid_before(now - datetime.timedelta(hours=1))
         .not_valid_after(now + datetime.timedelta(days=2))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP256R1())
@@ -219,9 +221,7 @@ def _write_test_pki(workdir: Path, ip: str) -> tuple[Path, Path, Path]:
         .not_valid_before(now - datetime.timedelta(hours=1))
         .not_valid_after(now + datetime.timedelta(days=2))
         .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName(AZURE_BLOB_HOST), x509.IPAddress(ipaddress.ip_address(ip))]
-            ),
+            x509.SubjectAlternativeName([x509.DNSName(AZURE_BLOB_HOST), x509.IPAddress(ipaddress.ip_address(ip))]),
             critical=False,
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -231,9 +231,7 @@ def _write_test_pki(workdir: Path, ip: str) -> tuple[Path, Path, Path]:
     ca_file, cert_file, key_file = workdir / "ca.pem", workdir / "server.pem", workdir / "server.key"
     ca_file.write_bytes(ca_cert.public_bytes(pem))
     cert_file.write_bytes(cert.public_bytes(pem))
-    key_file.write_bytes(
-        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    key_file.write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     return ca_file, cert_file, key_file
 
 

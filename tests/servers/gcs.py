@@ -38,7 +38,7 @@ class FakeGcsServer:
 
         return storage.Client(
             project=self.project,
-            credentials=AnonymousCredentials(),
+            credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
             client_options={"api_endpoint": self.endpoint},
             **kwargs,
         )
@@ -81,14 +81,22 @@ def start_fake_gcs(workdir: Path, *, timeout: float = 30.0) -> FakeGcsServer:
     hostport = f"{LOOPBACK}:{port}"
     argv: list[str | os.PathLike[str]] = [
         exe,
-        "-scheme", "http",
-        "-host", LOOPBACK,
-        "-port", str(port),
-        "-backend", "filesystem",
-        "-filesystem-root", data,
-        "-public-host", hostport,
-        "-external-url", f"http://{hostport}",
-        "-log-level", "info",
+        "-scheme",
+        "http",
+        "-host",
+        LOOPBACK,
+        "-port",
+        str(port),
+        "-backend",
+        "filesystem",
+        "-filesystem-root",
+        data,
+        "-public-host",
+        hostport,
+        "-external-url",
+        f"http://{hostport}",
+        "-log-level",
+        "info",
     ]
     proc = ManagedProcess("fake-gcs-server", argv, log_path=workdir / "fake-gcs.log", env=clean_env(), cwd=workdir)
     proc.start(lambda: http_status(f"http://{hostport}/storage/v1/b") == 200, timeout=timeout)

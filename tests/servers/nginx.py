@@ -92,8 +92,8 @@ def start_nginx(workdir: Path, root: Path | None = None, *, timeout: float = 15.
 daemon off;
 master_process on;
 worker_processes 2;
-pid {workdir / 'nginx.pid'};
-error_log {workdir / 'error.log'} warn;
+pid {workdir / "nginx.pid"};
+error_log {workdir / "error.log"} warn;
 events {{ worker_connections 1024; }}
 http {{
     default_type application/octet-stream;
@@ -106,11 +106,11 @@ http {{
     keepalive_requests 100000;
     max_ranges 64;
     etag on;
-    client_body_temp_path {workdir / 'client_body'};
-    proxy_temp_path {workdir / 'proxy'};
-    fastcgi_temp_path {workdir / 'fastcgi'};
-    uwsgi_temp_path {workdir / 'uwsgi'};
-    scgi_temp_path {workdir / 'scgi'};
+    client_body_temp_path {workdir / "client_body"};
+    proxy_temp_path {workdir / "proxy"};
+    fastcgi_temp_path {workdir / "fastcgi"};
+    uwsgi_temp_path {workdir / "uwsgi"};
+    scgi_temp_path {workdir / "scgi"};
     server {{
         listen {LOOPBACK}:{port};
         server_name localhost;

@@ -186,8 +186,7 @@ class ManagedProcess:
             if time.monotonic() >= deadline:
                 self.stop()
                 raise ServerStartError(
-                    f"{self.name} not ready after {timeout:.0f}s\n"
-                    f"--- {self.log_path} (tail) ---\n{self.log_tail()}"
+                    f"{self.name} not ready after {timeout:.0f}s\n--- {self.log_path} (tail) ---\n{self.log_tail()}"
                 )
             time.sleep(delay)
             delay = min(delay * 1.5, 0.25)

@@ -151,7 +151,7 @@ def start_seaweedfs(
     data = workdir / "data"
     data.mkdir(parents=True, exist_ok=True)
     ports = {name: free_port_with_offset(_GRPC_OFFSET) for name in ("master", "volume", "filer", "s3", "admin")}
-    argv = [
+    argv: list[str | os.PathLike[str]] = [
         weed,
         "mini",
         f"-dir={data}",

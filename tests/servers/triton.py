@@ -98,9 +98,7 @@ class TritonHandle:
         return self.process.stop(grace=20.0)
 
     # -- HTTP ------------------------------------------------------------------------------
-    def request(
-        self, method: str, path: str, body: Any = None, *, timeout: float = 120.0
-    ) -> tuple[int, str]:
+    def request(self, method: str, path: str, body: Any = None, *, timeout: float = 120.0) -> tuple[int, str]:
         """One HTTP request to the server; ``(status, body text)``, error statuses included."""
         data = None
         headers = {}

@@ -50,6 +50,7 @@ def list_model(
     timeout: float = 30.0,
     credential_path: str | os.PathLike[str] | None = None,
     azure_endpoint: str | None = None,
+    gcs_endpoint: str | None = None,
     env: Mapping[str, str] | None = None,
     **backend_options: Any,
 ) -> list[RemoteObject]:
@@ -59,12 +60,17 @@ def list_model(
         :func:`~dfrepo.credentials.resolve_credentials` (file, env, SDK chain).
     :param expiry: lifetime of presigned URLs in seconds (1..604800, default 900).
     :param timeout: network timeout for listing, seconds.
+    :param credential_path: a ``cloud_credential.json`` (else ``TRITON_CLOUD_CREDENTIAL_PATH``).
+    :param azure_endpoint: / :param gcs_endpoint: endpoint overrides when *location* is a
+        string (see :func:`~dfrepo.locations.parse_location`).
+    :param env: environment for parsing and credential lookup (default ``os.environ``).
     :param backend_options: passed to the back end (``trust_etag_md5`` for S3,
         ``signing`` for GCS).
     """
     check_expiry(expiry)
     if isinstance(location, str):
-        location = parse_location(location, azure_endpoint=azure_endpoint, env=env)
+        location = parse_location(location, azure_endpoint=azure_endpoint,
+                                  gcs_endpoint=gcs_endpoint, env=env)
     if isinstance(location, LocalLocation):
         from .local import list_local
 
@@ -93,5 +99,8 @@ def list_model(
                       **backend_options)
 
 
-#: Alias matching the name in docs/ARCHITECTURE.md.
-list_objects = list_model
+def list_objects(
+    location: AnyLocation | str, credentials: Credentials | None = None, **kwargs: Any
+) -> list[RemoteObject]:
+    """The name docs/ARCHITECTURE.md uses; same as :func:`list_model`."""
+    return list_model(location, credentials, **kwargs)

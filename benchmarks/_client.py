@@ -1,0 +1,201 @@
+"""One benchmark client run, in a fresh process (so ``ru_maxrss`` is this client's alone).
+
+Usage: ``python benchmarks/_client.py SPEC.json`` where the spec names the ``client``,
+its inputs and a ``result`` path.  The result file gets::
+
+    {"seconds": transfer wall time, "cpu_s": user+sys of this process (all threads)
+     during the transfer, "rss_base_kb": ru_maxrss after imports, "extra": {...}}
+
+Every client ends with the same durability step as dfrepo: ``fsync`` of each output file
+(and its directory) inside the timed region, so disk destinations compare fairly.
+The parent takes the whole-process CPU and peak RSS from ``wait4``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+MiB = 1 << 20
+
+
+def _cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _fsync(paths: list[str]) -> None:
+    dirs = set()
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        dirs.add(os.path.dirname(p) or ".")
+    for d in dirs:
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _items(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """``files``: [{"url"|"key", "dest", "size"}]; a single-object spec is one item."""
+    if "files" in spec:
+        return spec["files"]
+    return [{k: spec.get(k) for k in ("url", "key", "dest", "size")}]
+
+
+# --------------------------------------------------------------------------- clients
+# Each returns a prepared callable (imports and client setup happen before timing).
+
+
+def prep_dfrepo(spec: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    from dfrepo.config import TransferConfig
+    from dfrepo.transfer import Downloader, DownloadRequest
+
+    cfg = TransferConfig(**spec.get("config", {}))
+    dragonfly = None
+    if spec.get("proxy"):
+        from dfrepo.dragonfly.config import DragonflyConfig
+
+        dragonfly = DragonflyConfig(proxy=spec["proxy"], fallback_direct=False)
+    reqs = [DownloadRequest(url=i["url"], dest=Path(i["dest"]), size=i.get("size")) for i in _items(spec)]
+
+    def run() -> dict[str, Any]:
+        with Downloader(cfg, dragonfly=dragonfly, implementation=spec.get("implementation")) as dl:
+            results = dl.download_many(reqs)
+            impl = dl.implementation
+        return {"implementation": impl, "requests": sum(r.requests for r in results),
+                "retries": sum(r.retries for r in results), "via": sorted({r.via for r in results}),
+                "source": sorted({r.source for r in results})}
+
+    return run
+
+
+def prep_urllib3(spec: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    """Single-stream GET per file, ``preload_content=False``, 1 MiB reads streamed to the file."""
+    import urllib3
+
+    pool = urllib3.PoolManager(maxsize=1)
+    items = _items(spec)
+
+    def run() -> dict[str, Any]:
+        for it in items:
+            r = pool.request("GET", it["url"], preload_content=False)
+            if r.status != 200:
+                raise RuntimeError(f"status {r.status}")
+            with open(it["dest"], "wb") as f:
+                for chunk in r.stream(MiB):
+                    f.write(chunk)
+            r.release_conn()
+        _fsync([i["dest"] for i in items])
+        return {}
+
+    return run
+
+
+def prep_hf_transfer(spec: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    import hf_transfer
+
+    items = _items(spec)
+    max_files = int(spec.get("max_files", 16))
+    chunk = int(spec.get("chunk_size", 10 * MiB))
+
+    def run() -> dict[str, Any]:
+        for it in items:
+            hf_transfer.download(it["url"], it["dest"], max_files=max_files, chunk_size=chunk)
+        _fsync([i["dest"] for i in items])
+        return {"max_files": max_files, "chunk_size": chunk}
+
+    return run
+
+
+def prep_boto3(spec: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    """boto3 classic s3transfer (forced: no CRT), default TransferConfig otherwise."""
+    import boto3
+    from boto3.s3.transfer import TransferConfig
+    from botocore.config import Config
+
+    s3 = spec["s3"]
+    client = boto3.session.Session().client(
+        "s3", endpoint_url=s3["endpoint"], aws_access_key_id=s3["access_key"],
+        aws_secret_access_key=s3["secret_key"], region_name=s3["region"],
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}, proxies={},
+                      max_pool_connections=16))
+    tcfg = TransferConfig(preferred_transfer_client="classic")
+    items = _items(spec)
+
+    def run() -> dict[str, Any]:
+        if len(items) == 1:
+            client.download_file(s3["bucket"], items[0]["key"], items[0]["dest"], Config=tcfg)
+        else:
+            from s3transfer.manager import TransferManager
+
+            with TransferManager(client, tcfg) as tm:
+                futs = [tm.download(s3["bucket"], it["key"], it["dest"]) for it in items]
+                for f in futs:
+                    f.result()
+        _fsync([i["dest"] for i in items])
+        return {"transfer_client": "classic"}
+
+    return run
+
+
+def prep_awscrt(spec: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    """awscrt ``S3Client`` (TLS off, 8 MiB parts, 10 Gbps target), ``recv_filepath``."""
+    from awscrt.auth import AwsCredentialsProvider
+    from awscrt.http import HttpHeaders, HttpRequest
+    from awscrt.io import ClientBootstrap, DefaultHostResolver, EventLoopGroup
+    from awscrt.s3 import S3Client, S3RequestTlsMode, S3RequestType
+
+    s3 = spec["s3"]
+    elg = EventLoopGroup()
+    bootstrap = ClientBootstrap(elg, DefaultHostResolver(elg))
+    creds = AwsCredentialsProvider.new_static(s3["access_key"], s3["secret_key"])
+    client = S3Client(bootstrap=bootstrap, region=s3["region"], credential_provider=creds,
+                      tls_mode=S3RequestTlsMode.DISABLED, part_size=int(spec.get("part_size", 8 * MiB)),
+                      throughput_target_gbps=float(spec.get("gbps", 10.0)))
+    host = s3["endpoint"].split("://", 1)[1]
+    items = _items(spec)
+
+    def run() -> dict[str, Any]:
+        reqs = []
+        for it in items:
+            req = HttpRequest("GET", f"/{s3['bucket']}/{it['key']}", HttpHeaders([("Host", host)]))
+            reqs.append(client.make_request(type=S3RequestType.GET_OBJECT, request=req, recv_filepath=it["dest"]))
+        for r in reqs:
+            r.finished_future.result(600)
+        _fsync([i["dest"] for i in items])
+        return {}
+
+    return run
+
+
+CLIENTS = {"dfrepo": prep_dfrepo, "urllib3": prep_urllib3, "hf_transfer": prep_hf_transfer,
+           "boto3": prep_boto3, "awscrt": prep_awscrt}
+
+
+def main() -> int:
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    run = CLIENTS[spec["client"]](spec)
+    rss_base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    c0, t0 = _cpu(), time.perf_counter()
+    extra = run()
+    t1, c1 = time.perf_counter(), _cpu()
+    out = {"seconds": t1 - t0, "cpu_s": c1 - c0, "rss_base_kb": rss_base, "extra": extra}
+    tmp = spec["result"] + ".tmp"
+    Path(tmp).write_text(json.dumps(out))
+    os.replace(tmp, spec["result"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

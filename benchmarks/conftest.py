@@ -1,0 +1,89 @@
+"""pytest setup for ``benchmarks/``: the real-server fixtures, the stand-in peer, scale.
+
+``DFREPO_BENCH_SCALE=smoke`` (default; seconds, small sizes, part of CI via
+``pytest benchmarks/ -m smoke``) or ``full`` (1-4 GiB objects; minutes).
+``pytest --bench-scale=full`` does the same as the environment variable.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+for p in (ROOT / "tests", ROOT / "peer", BENCH):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+pytest_plugins = ["servers.fixtures"]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("dfrepo benchmarks")
+    group.addoption("--bench-scale", choices=("smoke", "full"), default=None,
+                    help="benchmark sizes (default: $DFREPO_BENCH_SCALE or smoke)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    choice = config.getoption("--bench-scale", default=None)
+    if choice:
+        os.environ["DFREPO_BENCH_SCALE"] = choice
+    config.addinivalue_line("markers", "smoke: small benchmark run included in the default suite")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    try:
+        import _harness
+
+        out = _harness.write_summary()
+        if out is not None:
+            print(f"\nbenchmark summary: {out}")
+    except Exception as exc:  # noqa: BLE001 - the summary must never fail the run
+        print(f"\nbenchmark summary not written: {exc}")
+
+
+@pytest.fixture(scope="session")
+def bench_scale() -> dict:
+    import _harness
+
+    return _harness.scale()
+
+
+@pytest.fixture(scope="session")
+def tmpfs_dir():
+    import _harness
+
+    d = _harness.scratch_dir("tmpfs")
+    try:
+        yield d
+    finally:
+        _harness.clear_outputs([d])
+
+
+@pytest.fixture(scope="session")
+def disk_dir():
+    import _harness
+
+    d = _harness.scratch_dir("disk")
+    try:
+        yield d
+    finally:
+        _harness.clear_outputs([d])
+
+
+@pytest.fixture(scope="session")
+def bench_bucket(seaweedfs):
+    """A bucket on SeaweedFS, addressed directly (the recording relay is a Python thread
+    in this process; throughput runs bypass it)."""
+    client = seaweedfs.client(direct=True)
+    name = "bench"
+    try:
+        client.head_bucket(Bucket=name)
+    except Exception:  # noqa: BLE001
+        client.create_bucket(Bucket=name)
+    return client, name
+
