@@ -37,7 +37,7 @@ def _load() -> tuple[CopyBody, str]:
         from . import _fastio_py as impl
     else:
         try:
-            from . import _fastio as impl  # type: ignore[no-redef]
+            from . import _fastio as impl  # type: ignore[no-redef,attr-defined]
         except ImportError:
             if _truthy("DFREPO_REQUIRE_EXTENSION"):
                 raise

@@ -145,6 +145,9 @@ class HTTPStatusError(TransferError):
     (``backend``, ``proxy``, ``dfdaemon``) when a peer produced the error.
     """
 
+    status: int
+    error_type: str | None
+
     def __init__(
         self,
         message: str,
@@ -168,6 +171,9 @@ class RangeNotSupportedError(TransferError):
 class IncompleteDownloadError(TransferError):
     """The body ended before its announced length (``expected``/``received`` bytes)."""
 
+    expected: int
+    received: int
+
     def __init__(
         self,
         message: str,
@@ -190,6 +196,8 @@ class ChecksumMismatchError(TransferError):
 
 class RetriesExhaustedError(TransferError):
     """A retryable failure kept happening; ``attempts`` made, ``__cause__`` is the last error."""
+
+    attempts: int
 
     def __init__(
         self,

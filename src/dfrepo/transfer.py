@@ -250,7 +250,7 @@ class Downloader:
                 if job.error is None:
                     if start is None:
                         self._probe(job, sched, state, buf)
-                    elif end >= 0:
+                    elif end is not None and end >= 0:
                         self._fetch_range(job, start, end, buf, state)
             except BaseException as exc:  # noqa: BLE001 - handed to the caller
                 job.error = _as_dfrepo_error(exc, job.req.url)
@@ -466,7 +466,7 @@ class Downloader:
             resp.close()
             resp.release_conn()
         except Exception:  # noqa: BLE001 - Defensive: a broken connection is dropped anyway
-            pass
+            log.debug("dfrepo: closing a failed response raised", exc_info=True)
 
     # -- completion ---------------------------------------------------------------------
 
