@@ -4,11 +4,12 @@ Usage: ``python benchmarks/_client.py SPEC.json`` where the spec names the ``cli
 its inputs and a ``result`` path.  The result file gets::
 
     {"seconds": transfer wall time, "cpu_s": user+sys of this process (all threads)
-     during the transfer, "rss_base_kb": ru_maxrss after imports, "extra": {...}}
+     during the transfer, "rss_base_kb": VmHWM after imports and setup,
+     "rss_peak_kb": VmHWM at the end (the client's peak RSS), "extra": {...}}
 
 Every client ends with the same durability step as dfrepo: ``fsync`` of each output file
 (and its directory) inside the timed region, so disk destinations compare fairly.
-The parent takes the whole-process CPU and peak RSS from ``wait4``.
+The parent takes the whole-process CPU from ``wait4``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,15 @@ MiB = 1 << 20
 def _cpu() -> float:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
+
+
+def _hwm_kb() -> int:
+    """Peak RSS of this process image (``VmHWM``). ``ru_maxrss`` is not used: Linux
+    carries it across ``execve`` from the forking parent (the pytest process)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def _fsync(paths: list[str]) -> None:
@@ -186,11 +196,11 @@ CLIENTS = {"dfrepo": prep_dfrepo, "urllib3": prep_urllib3, "hf_transfer": prep_h
 def main() -> int:
     spec = json.loads(Path(sys.argv[1]).read_text())
     run = CLIENTS[spec["client"]](spec)
-    rss_base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_base = _hwm_kb()
     c0, t0 = _cpu(), time.perf_counter()
     extra = run()
     t1, c1 = time.perf_counter(), _cpu()
-    out = {"seconds": t1 - t0, "cpu_s": c1 - c0, "rss_base_kb": rss_base, "extra": extra}
+    out = {"seconds": t1 - t0, "cpu_s": c1 - c0, "rss_base_kb": rss_base, "rss_peak_kb": _hwm_kb(), "extra": extra}
     tmp = spec["result"] + ".tmp"
     Path(tmp).write_text(json.dumps(out))
     os.replace(tmp, spec["result"])

@@ -4,9 +4,10 @@ verification, aggregation, JSON/markdown/PNG output.
 Method (performance.md §8-§9): all clients of a scenario run side by side in one
 session, interleaved round-robin, one warm-up round, then >= 3 measured rounds; the
 median and min are reported.  Each client runs in a fresh subprocess, so its peak RSS
-(``wait4`` ``ru_maxrss``) is its own; CPU is user+sys of that process (all threads)
+is its own; CPU is user+sys of that process (all threads)
 during the transfer, measured inside the child with ``RUSAGE_SELF``, plus the whole
-process (interpreter start and imports included) from ``wait4``.
+process (interpreter start and imports included) from ``wait4``.  Peak RSS is the
+child's ``VmHWM`` (``ru_maxrss`` would carry the forking pytest's RSS across exec).
 """
 
 from __future__ import annotations
@@ -289,7 +290,7 @@ def finish_client(name: str, proc: subprocess.Popen[bytes], result: Path, log: P
         raise ClientFailed(f"client {name} {why}:\n{tail}")
     data = json.loads(result.read_text())
     return Run(client=name, seconds=data["seconds"], cpu_s=data["cpu_s"],
-               proc_cpu_s=ru.ru_utime + ru.ru_stime, proc_wall_s=wall, maxrss_kb=ru.ru_maxrss,
+               proc_cpu_s=ru.ru_utime + ru.ru_stime, proc_wall_s=wall, maxrss_kb=data["rss_peak_kb"],
                rss_base_kb=data["rss_base_kb"], extra=data.get("extra", {}))
 
 
@@ -343,10 +344,10 @@ def run_rounds(clients: Sequence[str], one: Any, sc: dict[str, Any], *, label: s
     return rounds
 
 
-def summarize(rounds: Sequence[Round], size_bytes: int) -> dict[str, dict[str, Any]]:
+def summarize(rounds: Sequence[Round], size_bytes: int, order: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
     """Per client: median/min wall, GiB/s (median and best), CPU-s/GiB, peak RSS."""
     measured = [r for r in rounds if not r.warmup]
-    names: list[str] = []
+    names: list[str] = list(order)
     for r in measured:
         for run in r.runs:
             if run.client not in names:
@@ -504,7 +505,7 @@ def write_summary() -> Path | None:
         f"(scale per scenario below). Machine: {m['cpu_model']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, "
         f"kernel {m['kernel']}, Python {m['python']}.", "",
         "Method: clients interleaved round-robin in one session, 1 warm-up + N measured rounds, median and "
-        "min; each client in a fresh subprocess (peak RSS = its `ru_maxrss`); CPU = user+sys of the client "
+        "min; each client in a fresh subprocess (peak RSS = its `VmHWM`); CPU = user+sys of the client "
         "process during the transfer (all threads); idle CPU sampled from /proc/stat before each round, "
         "rounds under 70% idle re-run (bounded) and otherwise flagged *noisy*. `ref ÷ client` = how many "
         "times faster dfrepo compiled (recv) is than that client.", "",

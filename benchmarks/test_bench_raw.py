@@ -147,7 +147,7 @@ def _large(kind: str, dest_root: Path, large_source, seaweedfs, bench_bucket, be
         return run
 
     rounds = H.run_rounds(list(specs), one, sc, label=f"raw_large_{kind}")
-    table = H.summarize(rounds, large_source["size"])
+    table = H.summarize(rounds, large_source["size"], list(specs))
     _group_ratios(table)
     notes = [f"object {H.human(large_source['size'])}, destination {kind} ({dest_root}, "
              f"{H.fs_type(dest_root)}), origin nginx (file on tmpfs) / SeaweedFS direct port; "
@@ -237,7 +237,7 @@ def test_raw_many(many_source, nginx_origin, seaweedfs, bench_bucket, bench_scal
         return run
 
     rounds = H.run_rounds(list(specs), one, sc, label="raw_many")
-    table = H.summarize(rounds, many_source["total"])
+    table = H.summarize(rounds, many_source["total"], list(specs))
     _group_ratios(table)
     for row in table.values():
         row["files_per_s"] = many_source["count"] / row["wall_median_s"]

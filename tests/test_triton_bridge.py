@@ -164,6 +164,20 @@ def test_dragonfly_agent_pulls_remote(monkeypatch: pytest.MonkeyPatch, tmp_path:
     assert calls == [("s3://b/m", str(tmp_path), {"proxy": "http://127.0.0.1:4001"})]
 
 
+def test_pull_model_calls_repo_pull(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from dfrepo import repo
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(repo, "pull", lambda location, **kw: seen.update(kw, location=location))
+    monkeypatch.setenv("TRITON_CLOUD_CREDENTIAL_PATH", str(tmp_path / "cred.json"))
+    monkeypatch.delenv("TRITON_DRAGONFLY_CONFIG_PATH", raising=False)
+    (tmp_path / "cred.json").write_text("{}")
+    dragonfly_mod.pull_model("s3://b/m", str(tmp_path), parameters={
+        AGENT_PARAMETER: "dragonfly", "proxy": "http://127.0.0.1:4001", "concurrency": "4"})
+    assert seen == {"location": "s3://b/m", "dest": str(tmp_path), "credential_path": str(tmp_path / "cred.json"),
+                    "overrides": {"proxy": "http://127.0.0.1:4001", "concurrency": "4"}}
+
+
 def test_config_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("TRITON_CLOUD_CREDENTIAL_PATH", raising=False)
     monkeypatch.setattr(dragonfly_mod, "DEFAULT_CREDENTIAL_PATH", str(tmp_path / "absent.json"))
@@ -495,15 +509,15 @@ def test_shim_restarts_a_killed_worker(fake_triton: tuple[Path, Path], tmp_path:
     proc = subprocess.Popen([str(exe), str(lib)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdin and proc.stdout
 
-    def cmd(line: str) -> str:
+    def cmd(line: str, answer: bool = True) -> str:
         assert proc.stdin and proc.stdout
         proc.stdin.write(line + "\n")
         proc.stdin.flush()
-        return proc.stdout.readline().strip()
+        return proc.stdout.readline().strip() if answer else ""
 
-    cmd(f"model 0 FILESYSTEM /models/a")
-    cmd(f"param 0 dfrepo.agent dfrepo_test_agents:PidAgent")
-    cmd(f"param 0 pidfile {pidfile}")
+    cmd("model 0 FILESYSTEM /models/a", answer=False)
+    cmd("param 0 dfrepo.agent dfrepo_test_agents:PidAgent", answer=False)
+    cmd(f"param 0 pidfile {pidfile}", answer=False)
     assert cmd("action 0 LOAD") == "result 0 ok 0 /models/a"
     first = int(pidfile.read_text().split()[1])
     os.kill(first, signal.SIGKILL)

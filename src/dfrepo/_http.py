@@ -33,6 +33,10 @@ RETRYABLE_EXCEPTIONS: tuple[type[BaseException], ...] = (
     ConnectionError,
     http.client.HTTPException,
     IncompleteDownloadError,
+    # A proxy connection that broke (a reused keep-alive connection the peer closed or
+    # reset, a peer restart).  Transport.request turns "cannot connect to the proxy at
+    # all" into a direct fallback or ProxyUnavailableError before this applies.
+    ProxyError,
 )
 
 

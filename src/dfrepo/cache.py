@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import CacheError, ConfigError, redact_url
+from .errors import CacheError, ConfigError
 from .objects import RemoteObject
 
 __all__ = [
@@ -124,6 +124,19 @@ def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
     if xdg and os.path.isabs(xdg):  # the XDG spec says relative values are invalid
         return Path(xdg) / "dfrepo"
     return Path.home() / ".cache" / "dfrepo"
+
+
+_USERINFO_RE = re.compile(r"(://)[^/@\s]*@")
+
+
+def redact_inline(text: str) -> str:
+    """Drop userinfo, query and fragment from a URL-like string *without* re-parsing it,
+    so nested forms such as Triton's ``s3://http://host:port/bucket/key`` stay intact
+    (:func:`~dfrepo.errors.redact_url` would fold them)."""
+    text = _USERINFO_RE.sub(r"\1", text)
+    head = text.partition("#")[0]
+    base, sep, _query = head.partition("?")
+    return base + ("?<redacted>" if sep else "")
 
 
 def _normalize_version(version: str | None) -> str | None:
@@ -318,7 +331,7 @@ class ModelCache:
             problem = self._check(key, obj, fd, st, meta)
             if problem is not None:
                 log.warning("dfrepo: cache: entry %s for %s is %s; removed, fetching again",
-                            key[:12], redact_url(obj.source), problem)
+                            key[:12], redact_inline(obj.source), problem)
                 self._remove_if_same(key, st)
                 return False
             self._place(fd, st, data, Path(dest))
@@ -342,7 +355,7 @@ class ModelCache:
         try:
             self._store(key, obj, Path(path))
         except OSError as exc:
-            log.warning("dfrepo: cache: could not store %s: %s", redact_url(obj.source) or obj.rel_path,
+            log.warning("dfrepo: cache: could not store %s: %s", redact_inline(obj.source) or obj.rel_path,
                         exc.strerror or exc.__class__.__name__)
 
     # -- maintenance ------------------------------------------------------------------------
@@ -554,7 +567,7 @@ class ModelCache:
             now = time.time()
             meta = {
                 "v": 1, "key": key, "size": obj.size,
-                "source": redact_url(obj.source or _identity(obj)),
+                "source": redact_inline(obj.source or _identity(obj)),
                 "version": _normalize_version(obj.version), "md5": md5,
                 "created": now, "last_used": now,
             }

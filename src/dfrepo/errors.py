@@ -44,6 +44,11 @@ def redact_url(url: str | None) -> str:
     """
     if not url:
         return ""
+    if url.startswith(("s3://", "gs://", "as://", "file://")):
+        # Repository locations (Triton's s3://http://host:port/... nests a URL): keep the
+        # text, drop anything after "?" (locations carry no secrets otherwise).
+        head, sep, _ = url.partition("?")
+        return head + ("?<redacted>" if sep else "")
     try:
         parts = urlsplit(url)
     except ValueError:

@@ -146,6 +146,8 @@ def pull(
             raise ConfigError(f"expiry must be seconds, got {pull_over['expiry']!r}",
                               source="arg", key="expiry") from None
 
+    if "cache" in pull_over:
+        cache = _cache_from_setting(pull_over["cache"], cache, env)
     loc = parse_location(location, env=env, azure_endpoint=pull_over.get("azure_endpoint")) \
         if isinstance(location, str) else location
     if objects is None:
@@ -177,7 +179,9 @@ def pull(
                 md5=obj.md5, headers=dict(obj.headers), version=obj.version)))
         results: list[DownloadResult] = []
         fallback_reason = None
-        via = "direct"
+        via = "cache" if cache is not None and objects else "direct"
+        if isinstance(loc, LocalLocation):
+            via = "local"
         impl = ""
         if to_fetch:
             with Downloader(cfg, dragonfly=dragonfly if dragonfly.enabled else None,
@@ -217,6 +221,19 @@ def pull(
     )
     log.info("dfrepo: pulled %s: %d files, %d bytes in %.2fs", loc.display, result.files, total, result.seconds)
     return result
+
+
+def _cache_from_setting(value: str, current: ObjectCache | None, env: Mapping[str, str]) -> ObjectCache | None:
+    """``cache`` setting: off/false/0 disables, on/true enables the default cache dir,
+    anything else is a cache directory."""
+    lowered = value.strip().lower()
+    if lowered in ("off", "false", "no", "0", "none"):
+        return None
+    from .cache import ModelCache
+
+    if lowered in ("on", "true", "yes", "1"):
+        return current if current is not None else ModelCache(env=env)
+    return ModelCache(value)
 
 
 def _check_dest(dest: Path) -> None:

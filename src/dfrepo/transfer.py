@@ -214,6 +214,9 @@ class Downloader:
                 job.discard()
         if failed is not None:
             raise failed
+        if self.config.fsync:  # make the renames durable: each directory once, not once per file
+            for directory in sorted({j.req.dest.parent for j in jobs}):
+                _fsync_dir(directory)
         return [j.result for j in jobs if j.result is not None]
 
     # -- planning -----------------------------------------------------------------------
@@ -488,8 +491,6 @@ class Downloader:
         assert job.tmp is not None
         os.replace(job.tmp, job.req.dest)
         job.tmp = None
-        if self.config.fsync:
-            _fsync_dir(job.req.dest.parent)
         job.result = DownloadResult(
             path=job.req.dest,
             size=size,

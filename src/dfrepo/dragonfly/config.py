@@ -73,6 +73,9 @@ DEFAULT_PROXY = "http://127.0.0.1:4001"
 FILTER_DIALECTS = ("rust", "go")
 MIN_PIECE_LENGTH = 4 * 1024 * 1024
 MAX_PIECE_LENGTH = 64 * 1024 * 1024
+#: A dragonfly_config.json larger than this is refused (real ones are < 1 KiB; a huge
+#: file would otherwise end up as megabyte-sized request headers).
+MAX_CONFIG_BYTES = 1024 * 1024
 
 _FILE_KEYS = (
     "proxy",
@@ -389,13 +392,17 @@ def _read_json(path: str) -> Any:
 
     try:
         with open(path, "rb") as fh:
-            data = fh.read()
+            data = fh.read(MAX_CONFIG_BYTES + 1)
     except IsADirectoryError:
         raise ConfigError(f"{path}: is a directory, not a Dragonfly config file", source=path) from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read Dragonfly config ({exc.strerror})", source=path) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: Dragonfly config is larger than {MAX_CONFIG_BYTES} bytes", source=path)
     try:
         return json.loads(data.decode("utf-8-sig"), object_pairs_hook=pairs_hook)
+    except RecursionError:
+        raise ConfigError(f"{path}: Dragonfly config is nested too deeply", source=path) from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: Dragonfly config is not UTF-8", source=path) from None
     except json.JSONDecodeError as exc:
@@ -405,6 +412,8 @@ def _read_json(path: str) -> Any:
         raise ConfigError(
             f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}{hint}", source=path
         ) from None
+    except ValueError:  # e.g. an integer literal longer than sys.get_int_max_str_digits()
+        raise ConfigError(f"{path}: invalid JSON (a number too large to convert)", source=path) from None
 
 
 def _from_file(path: str, required: bool) -> dict[str, Any]:

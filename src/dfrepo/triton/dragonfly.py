@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ConfigError
-from .agent import AGENT_PARAMETER, LoadContext, RepoAgent
+from .agent import LoadContext, RepoAgent
 
 __all__ = [
     "DragonflyAgent",
@@ -59,30 +59,26 @@ def credential_path() -> str | None:
 
 
 def _overrides(parameters: Mapping[str, str]) -> dict[str, str]:
-    """Per-model settings: every agent parameter but the class selector."""
-    return {k: v for k, v in parameters.items() if k != AGENT_PARAMETER}
+    """Per-model settings: every agent parameter but the bridge's own ``dfrepo.*`` keys."""
+    return {k: v for k, v in parameters.items() if not k.startswith("dfrepo.")}
 
 
 def pull_model(location: str, dest: str, *, parameters: Mapping[str, str]) -> Any:
-    """Pull *location* into *dest* with dfrepo, reading the agent config files.
+    """Pull *location* into *dest* with :func:`dfrepo.repo.pull`, reading the agent's files.
 
     The one place that calls into :mod:`dfrepo.repo` (kept apart so tests can swap it).
+    ``dfrepo.repo.pull`` reads ``dragonfly_config.json`` itself (same variable, same
+    default); checking the path here first turns an explicitly set but missing file into
+    a clear error instead of silent defaults.
     """
-    from .. import repo  # lazy: the worker starts fast, and the module may be absent
+    from ..repo import pull  # lazy: keeps the worker's start-up import small
 
-    overrides = _overrides(parameters)
-    cfg_path = dragonfly_config_path()
-    dragonfly = None
-    if cfg_path is not None or overrides:
-        from ..dragonfly import load_dragonfly_config
-
-        dragonfly = load_dragonfly_config(cfg_path, overrides=overrides)
-    return repo.pull(
+    dragonfly_config_path()
+    return pull(
         location,
         dest=dest,
         credential_path=credential_path(),
-        dragonfly=dragonfly,
-        overrides=overrides,
+        overrides=_overrides(parameters),
     )
 
 

@@ -1,0 +1,134 @@
+"""The repository agent inside a real tritonserver (CPU, python-backend toy models)."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dfrepo.triton import install_agent
+from test_triton_bridge import AGENTS_SOURCE, build_shim
+
+pytestmark = pytest.mark.triton
+
+models = pytest.importorskip("servers.models")
+make_toy_model = models.make_toy_model
+
+AGENT = "dragonfly"  # the drop-in name; the Python class is picked per model
+
+
+@pytest.fixture(scope="module")
+def repoagents(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("repoagents")
+    (d / "agents").mkdir()
+    (d / "agents" / "dfrepo_test_agents.py").write_text(AGENTS_SOURCE)
+    install_agent(d / "dir", AGENT, shim=build_shim(d), sys_path=[str(d / "agents")])
+    return d / "dir"
+
+
+def _workers_of(pid: int) -> list[int]:
+    """Live dfrepo workers whose parent is ``pid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes()
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if b"dfrepo.triton.worker" in cmd and fields[0] != "Z" and int(fields[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def _wait(predicate: Any, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return bool(predicate())
+
+
+def test_python_agent_redirects_local_model(triton_server: Any, repoagents: Path, tmp_path: Path) -> None:
+    repo, other = tmp_path / "repo", tmp_path / "other"
+    copy = make_toy_model(other, "toy", add=100.0)
+    make_toy_model(repo, "toy", add=1.0, agent=AGENT,
+                   agent_params={"dfrepo.agent": "dfrepo_test_agents:CopyAgent", "copy_from": str(copy)})
+    server = triton_server(str(repo), repoagent_dir=str(repoagents))
+    status, body = server.load("toy")
+    assert status == 200, body + server.log()[-3000:]
+    assert server.infer_fp32("toy", "INPUT0", [1, 2, 3, 4], "OUTPUT0") == [101.0, 102.0, 103.0, 104.0]
+    assert "initialize repo=/tmp/folder" in server.log()
+
+
+def test_failing_agent_fails_only_its_model(triton_server: Any, repoagents: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    make_toy_model(repo, "bad", agent=AGENT, agent_params={"dfrepo.agent": "dfrepo_test_agents:FailAgent"})
+    make_toy_model(repo, "good", add=2.0)
+    server = triton_server(str(repo), repoagent_dir=str(repoagents))
+    status, body = server.load("bad")
+    expected = ("dfrepo agent 'fail': LOAD of model 'bad' (" + str(repo / "bad") + ") failed: GET "
+                "http://127.0.0.1:1/models/m/1/model.py?<redacted> answered HTTP 403")
+    assert status != 200 and "failed to load 'bad'" in body  # the reason goes to the log
+    assert not server.is_ready("bad")
+    assert expected in server.log() and "SECRET" not in server.log()
+    assert server.is_live()
+    assert server.load("good")[0] == 200
+    assert server.infer_fp32("good", "INPUT0", [0, 0, 0, 0], "OUTPUT0") == [2.0] * 4
+
+
+def test_unload_reload_does_not_leak_workers(triton_server: Any, repoagents: Path, tmp_path: Path) -> None:
+    repo, pidfile = tmp_path / "repo", tmp_path / "pids"
+    make_toy_model(repo, "toy", agent=AGENT,
+                   agent_params={"dfrepo.agent": "dfrepo_test_agents:PidAgent", "pidfile": str(pidfile)})
+    server = triton_server(str(repo), repoagent_dir=str(repoagents))
+    tpid = server.process.pid
+    for _ in range(2):
+        assert server.load("toy")[0] == 200
+        assert server.is_ready("toy")
+        assert len(_workers_of(tpid)) == 1
+        server.unload("toy")
+        assert _wait(lambda: not server.is_ready("toy"))
+        # last model gone -> agent Finalize -> the worker is stopped and reaped
+        assert _wait(lambda: _workers_of(tpid) == []), _workers_of(tpid)
+    actions = [line.split()[0] for line in pidfile.read_text().splitlines()]
+    assert actions == ["LOAD", "LOAD_COMPLETE", "UNLOAD", "UNLOAD_COMPLETE"] * 2
+    assert server.is_live()
+
+
+def _have_pull() -> bool:
+    if importlib.util.find_spec("dfrepo.repo") is None:
+        return False
+    from dfrepo import repo
+
+    return hasattr(repo, "pull")
+
+
+@pytest.mark.servers
+@pytest.mark.skipif(not _have_pull(), reason="dfrepo.repo.pull is not there yet")
+def test_dragonfly_agent_pulls_s3_model(triton_server: Any, seaweedfs: Any, repoagents: Path,
+                                        tmp_path: Path) -> None:
+    from servers.upload import upload_tree_s3
+
+    local = tmp_path / "local"
+    make_toy_model(local, "toy_s3", add=7.0, payload_bytes=1 << 20, agent=AGENT)
+    upload_tree_s3(seaweedfs, "models", "repo", local)
+    seaweedfs.clear_log()
+    # No credential file: Triton and the agent both use the AWS_* environment.
+    env = seaweedfs.triton_env()
+    server = triton_server(seaweedfs.s3_url("models", "repo"), repoagent_dir=str(repoagents), env=env)
+    status, body = server.load("toy_s3")
+    assert status == 200, body + server.log()[-3000:]
+    assert server.infer_fp32("toy_s3", "INPUT0", [1, 1, 1, 1], "OUTPUT0") == [8.0] * 4
+    assert "initialize repo=/tmp/folder" in server.log()
+    gets = [path for method, path in seaweedfs.request_log()
+            if method == "GET" and path.split("?")[0].endswith("/weights.bin")]
+    # dfrepo fetches with presigned URLs; Triton's own S3 client signs in headers. Every GET
+    # of the weights being presigned proves Triton never downloaded the model itself.
+    assert gets and all("X-Amz-Signature=" in path for path in gets), gets
