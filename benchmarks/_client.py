@@ -19,8 +19,9 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 MiB = 1 << 20
 
@@ -103,8 +104,7 @@ def prep_urllib3(spec: dict[str, Any]) -> Callable[[], dict[str, Any]]:
             if r.status != 200:
                 raise RuntimeError(f"status {r.status}")
             with open(it["dest"], "wb") as f:
-                for chunk in r.stream(MiB):
-                    f.write(chunk)
+                f.writelines(r.stream(MiB))
             r.release_conn()
         _fsync([i["dest"] for i in items])
         return {}

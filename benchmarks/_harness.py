@@ -26,9 +26,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -47,7 +48,7 @@ SCALES: dict[str, dict[str, Any]] = {
         "fanout_size": 64 * MiB, "fanout_nodes": [1, 2, 4, 8],
         "scaling_sizes": [16 * MiB, 64 * MiB, 256 * MiB],
         "triton_sizes": [32 * MiB],
-        "rounds": 3, "idle_wait": 6.0, "idle_retries": 1, "full_verify": True, "timeout": 120.0,
+        "rounds": 3, "idle_wait": 2.0, "idle_retries": 1, "full_verify": True, "timeout": 120.0,
     },
     "full": {
         "large": 2 * GiB, "many_count": 1000, "many_size": 1 * MiB,
@@ -452,6 +453,8 @@ def bar_chart(path: Path, title: str, labels: Sequence[str], values: Sequence[fl
     ax.set_xticklabels(labels, rotation=25, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
+    if max(vals, default=0) > 0:
+        ax.set_ylim(top=max(vals) * 1.2)
     for i, b in enumerate(bars):
         text = annotate[i] if annotate else f"{vals[i]:.2f}"
         ax.annotate(text, (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom", fontsize=7)
@@ -501,14 +504,14 @@ def write_summary() -> Path | None:
     m = docs[-1]["machine"]
     parts = [
         "# dfrepo benchmark summary", "",
-        f"Generated {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')} by `pytest benchmarks/` "
+        (f"Generated {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')} by `pytest benchmarks/` "
         f"(scale per scenario below). Machine: {m['cpu_model']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, "
-        f"kernel {m['kernel']}, Python {m['python']}.", "",
-        "Method: clients interleaved round-robin in one session, 1 warm-up + N measured rounds, median and "
+        f"kernel {m['kernel']}, Python {m['python']}."), "",
+        ("Method: clients interleaved round-robin in one session, 1 warm-up + N measured rounds, median and "
         "min; each client in a fresh subprocess (peak RSS = its `VmHWM`); CPU = user+sys of the client "
         "process during the transfer (all threads); idle CPU sampled from /proc/stat before each round, "
         "rounds under 70% idle re-run (bounded) and otherwise flagged *noisy*. `ref ÷ client` = how many "
-        "times faster dfrepo compiled (recv) is than that client.", "",
+        "times faster dfrepo compiled (recv) is than that client."), "",
     ]
     for d in docs:
         parts += [f"## {d['scenario']} (scale: {d['machine'].get('scale')}, {d['machine'].get('date')})", ""]

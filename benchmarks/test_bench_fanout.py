@@ -14,10 +14,9 @@ import statistics
 import time
 from contextlib import ExitStack
 
+import _harness as H
 import pytest
 from dfpeer import PeerProcess
-
-import _harness as H
 
 pytestmark = [pytest.mark.smoke, pytest.mark.servers]
 
@@ -93,9 +92,9 @@ def test_fanout(seaweedfs, bench_bucket, bench_scale, tmpfs_dir) -> None:
             "aggregate_gibps": n * size / H.GiB / total,
             "node_peak_rss_mb": max(max(r["node_rss_mb"]) for r in rs),
         }
-    notes = [f"object {H.human(size)} on SeaweedFS (presigned URL), stand-in peers as separate processes, "
+    notes = [(f"object {H.human(size)} on SeaweedFS (presigned URL), stand-in peers as separate processes, "
              "peers 2..N parent = peer 1; all N client processes started together; 2-core box, so N clients "
-             "+ N peers + SeaweedFS share 2 CPUs — total time measures contention as much as P2P",
+             "+ N peers + SeaweedFS share 2 CPUs — total time measures contention as much as P2P"),
              "origin ratio = Σ peers' origin_bytes ÷ object size (goal 1.0: the origin serves each byte once)"]
     md = H.markdown_table(
         ["N nodes", "total median s", "total min s", "origin bytes ÷ size (median)", "max",

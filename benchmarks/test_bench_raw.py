@@ -15,15 +15,12 @@ awscrt ``S3Client`` and dfrepo on a presigned URL (against SeaweedFS, apples to 
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import _harness as H
+import pytest
 
 pytestmark = [pytest.mark.smoke, pytest.mark.servers]
 
@@ -149,9 +146,9 @@ def _large(kind: str, dest_root: Path, large_source, seaweedfs, bench_bucket, be
     rounds = H.run_rounds(list(specs), one, sc, label=f"raw_large_{kind}")
     table = H.summarize(rounds, large_source["size"], list(specs))
     _group_ratios(table)
-    notes = [f"object {H.human(large_source['size'])}, destination {kind} ({dest_root}, "
+    notes = [(f"object {H.human(large_source['size'])}, destination {kind} ({dest_root}, "
              f"{H.fs_type(dest_root)}), origin nginx (file on tmpfs) / SeaweedFS direct port; "
-             "S3 rows compare against dfrepo-recv@s3 (presigned SeaweedFS URL)"]
+             "S3 rows compare against dfrepo-recv@s3 (presigned SeaweedFS URL)")]
     notes += _targets(table)
     profile = None
     if kind == "tmpfs":
@@ -241,9 +238,9 @@ def test_raw_many(many_source, nginx_origin, seaweedfs, bench_bucket, bench_scal
     _group_ratios(table)
     for row in table.values():
         row["files_per_s"] = many_source["count"] / row["wall_median_s"]
-    notes = [f"{many_source['count']} files × {H.human(size)} → tmpfs; dfrepo via Downloader.download_many; "
+    notes = [(f"{many_source['count']} files × {H.human(size)} → tmpfs; dfrepo via Downloader.download_many; "
              "urllib3 and hf_transfer fetch the files one after the other, boto3 via one TransferManager, "
-             "awscrt submits all requests at once"]
+             "awscrt submits all requests at once")]
     md = H.client_table(table) + "\n\n" + H.markdown_table(
         ["client", "files/s (median)"], [[n, r["files_per_s"]] for n, r in table.items()])
     chart = H.bar_chart(H.RESULTS / "raw_many.png",

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import statistics
 
-import pytest
-
 import _harness as H
+import pytest
 
 pytestmark = [pytest.mark.smoke, pytest.mark.servers]
 
@@ -74,8 +73,8 @@ def test_scaling(nginx_origin, bench_scale, tmpfs_dir) -> None:
     spread = max(rss) - min(rss)
     notes = [
         f"wall ≈ {a:.3f} s + {b:.3f} s/GiB × size (R² = {r2:.3f}); marginal rate {1 / b if b > 0 else float('nan'):.2f} GiB/s",
-        f"peak RSS {min(rss):.1f}–{max(rss):.1f} MB across {H.human(sizes[0])}–{H.human(sizes[-1])} "
-        f"(spread {spread:.1f} MB; goal: flat, ≤ 64 MB)",
+        (f"peak RSS {min(rss):.1f}–{max(rss):.1f} MB across {H.human(sizes[0])}–{H.human(sizes[-1])} "
+        f"(spread {spread:.1f} MB; goal: flat, ≤ 64 MB)"),
         "per-size CPU-s/GiB includes fixed per-download costs, which dominate at small sizes",
     ]
     md = H.markdown_table(

@@ -26,12 +26,11 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import _harness as H
 import pytest
 from dfpeer import PeerProcess
 from servers.models import make_toy_model
 from servers.upload import upload_tree_s3
-
-import _harness as H
 
 pytestmark = [pytest.mark.smoke, pytest.mark.servers, pytest.mark.triton]
 
@@ -224,10 +223,10 @@ def test_triton_load(seaweedfs, triton_server, bench_scale, tmpfs_dir) -> None:
         if p:
             chart_paths.append(str(p))
     md = H.markdown_table(["model", "case", "load median s", "min s", "speedup vs (a)", "runs", "TODO / note"], rows)
-    notes = [f"repository {repo_url} (SeaweedFS via the recording relay); python-backend toy model, payload "
-             "not hashed at load; each load followed by an inference and an unload",
-             "claims checked per run: (a) weights GET at the store, (b) peer A back to source, (c) peer B "
-             "fed by its parent and no store GET, (d) peer A local hit, (e) no peer or store bytes"]
+    notes = [(f"repository {repo_url} (SeaweedFS via the recording relay); python-backend toy model, payload "
+             "not hashed at load; each load followed by an inference and an unload"),
+             ("claims checked per run: (a) weights GET at the store, (b) peer A back to source, (c) peer B "
+             "fed by its parent and no store GET, (d) peer A local hit, (e) no peer or store bytes")]
     if todo:
         notes.append("TODO rows: " + "; ".join(f"({c}) {why[:160]}" for c, why in sorted(todo.items())))
     H.write_result("triton", {"models": models, "rows": result_rows, "todo": todo, "notes": notes,

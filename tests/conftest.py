@@ -10,3 +10,5 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "peer"))
 
 pytest_plugins = ["servers.fixtures"] if (ROOT / "tests" / "servers" / "fixtures.py").exists() else []
+# Fails the run if a known secret or a signature-shaped value appears in captured output.
+pytest_plugins.append("secrets_guard")

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_triton_bridge import AGENTS_SOURCE, build_shim
 
 from dfrepo.triton import install_agent
-from test_triton_bridge import AGENTS_SOURCE, build_shim
 
 pytestmark = pytest.mark.triton
 

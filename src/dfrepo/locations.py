@@ -376,7 +376,10 @@ def _parse_as(location: str, env: Mapping[str, str], azure_endpoint: str | None)
 def _parse_local(location: str) -> LocalLocation:
     path = location
     if location.startswith("file://"):
-        parts = urlsplit(location)
+        try:
+            parts = urlsplit(location)
+        except ValueError:  # "file://[", "file://[]": urllib's IPv6 host checks
+            raise _bad("malformed file:// URL", location, "host") from None
         if parts.netloc not in ("", "localhost"):
             raise _bad("file:// URLs must name a local path (file:///abs/path)", location, "host")
         if parts.query or parts.fragment:

@@ -127,17 +127,16 @@ def pull(
         transfer keys (``concurrency``, ``range_size`` ...) and ``expiry``.
     :param objects: an already made listing (skips listing; ``dfrepo ls``/tests).
     """
-    from .dragonfly import load_dragonfly_config
+    from .dragonfly import load_dragonfly_config, with_overrides
     from .stores import list_model
 
     started = time.monotonic()
     env = os.environ if env is None else env
     df_over, tr_over, pull_over = split_overrides(overrides)
-    if dragonfly is None or df_over:
-        if dragonfly is not None and df_over:
-            raise ConfigError("give either a DragonflyConfig or Dragonfly overrides, not both",
-                              source="arg", key="dragonfly")
+    if dragonfly is None:
         dragonfly = load_dragonfly_config(None, env=env, overrides=df_over)
+    elif df_over:
+        dragonfly = with_overrides(dragonfly, df_over)
     cfg = (transfer or TransferConfig()).with_overrides(tr_over)
     if "expiry" in pull_over:
         try:

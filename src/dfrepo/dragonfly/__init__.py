@@ -20,6 +20,7 @@ from .config import (
     default_config_path,
     is_override_key,
     load_dragonfly_config,
+    with_overrides,
 )
 from .errors_map import ERROR_TYPE_HEADER, classify_response, note_direct_fallback
 from .headers import (
@@ -66,4 +67,5 @@ __all__ = [
     "task_id",
     "task_id_for_request",
     "version_tag",
+    "with_overrides",
 ]

@@ -463,6 +463,15 @@ def _apply_overrides(values: dict[str, Any], overrides: Mapping[str, object]) ->
         values["headers"] = headers
 
 
+def with_overrides(config: DragonflyConfig, overrides: Mapping[str, object]) -> DragonflyConfig:
+    """Return *config* with per-model/CLI *overrides* applied (same keys as
+    :func:`load_dragonfly_config`)."""
+    values: dict[str, Any] = {f.name: getattr(config, f.name) for f in fields(config)}
+    values["headers"] = dict(values["headers"])
+    _apply_overrides(values, overrides)
+    return DragonflyConfig(**values)
+
+
 def load_dragonfly_config(
     path: str | os.PathLike[str] | None = None,
     *,

@@ -16,7 +16,7 @@ import socket
 import struct
 from typing import Any
 
-__all__ = ["PROTOCOL_VERSION", "HELLO", "MAX_FRAME", "ProtocolError", "read_frame", "write_frame"]
+__all__ = ["HELLO", "MAX_FRAME", "PROTOCOL_VERSION", "ProtocolError", "read_frame", "write_frame"]
 
 PROTOCOL_VERSION = 1
 HELLO = b"DFREPO-WORKER 1 "  # followed by the worker's pid

@@ -51,8 +51,16 @@ class LoadContext:
     :ivar model_name: ``model_config["name"]``, else the last component of the location.
     """
 
-    __slots__ = ("action", "location", "artifact_type", "parameters", "model_config",
-                 "model_name", "_acquire", "_acquired")
+    __slots__ = (
+        "_acquire",
+        "_acquired",
+        "action",
+        "artifact_type",
+        "location",
+        "model_config",
+        "model_name",
+        "parameters",
+    )
 
     def __init__(
         self,

@@ -23,11 +23,11 @@ from ..errors import ConfigError
 from .agent import LoadContext, RepoAgent
 
 __all__ = [
-    "DragonflyAgent",
-    "DEFAULT_DRAGONFLY_CONFIG_PATH",
     "DEFAULT_CREDENTIAL_PATH",
-    "dragonfly_config_path",
+    "DEFAULT_DRAGONFLY_CONFIG_PATH",
+    "DragonflyAgent",
     "credential_path",
+    "dragonfly_config_path",
 ]
 
 DEFAULT_DRAGONFLY_CONFIG_PATH = "/home/triton/dragonfly_config.json"
@@ -74,11 +74,15 @@ def pull_model(location: str, dest: str, *, parameters: Mapping[str, str]) -> An
     from ..repo import pull  # lazy: keeps the worker's start-up import small
 
     dragonfly_config_path()
+    overrides = _overrides(parameters)
+    # The persistent cache is what makes a reload or a restarted server cheap: on unless
+    # the model's ``cache`` parameter or $DFREPO_CACHE says "off" (or names a directory).
+    overrides.setdefault("cache", os.environ.get("DFREPO_CACHE", "on"))
     return pull(
         location,
         dest=dest,
         credential_path=credential_path(),
-        overrides=_overrides(parameters),
+        overrides=overrides,
     )
 
 

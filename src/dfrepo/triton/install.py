@@ -18,7 +18,7 @@ from pathlib import Path
 from .._version import __version__
 from ..errors import RepoAgentError
 
-__all__ = ["install_agent", "find_shim", "RECORD_NAME", "DEFAULT_REPOAGENT_DIR"]
+__all__ = ["DEFAULT_REPOAGENT_DIR", "RECORD_NAME", "find_shim", "install_agent"]
 
 DEFAULT_REPOAGENT_DIR = "/opt/tritonserver/repoagents"
 RECORD_NAME = "dfrepo_agent.json"  # must match agent_shim.c

@@ -20,11 +20,17 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError, CredentialsError, DfrepoError, ObjectNotFoundError, RepoAgentError
+from ..errors import (
+    ConfigError,
+    CredentialsError,
+    DfrepoError,
+    ObjectNotFoundError,
+    RepoAgentError,
+)
 from ._protocol import HELLO, ProtocolError, read_frame, write_frame
 from .agent import LoadContext, RepoAgent, resolve_agent_class
 
-__all__ = ["main", "Dispatcher", "error_reply"]
+__all__ = ["Dispatcher", "error_reply", "main"]
 
 log = logging.getLogger("dfrepo.triton")
 
@@ -131,7 +137,7 @@ class Dispatcher:
                         code="INTERNAL",
                     )
             return {"op": "done", "ok": True, "location": new_location}
-        except BaseException as exc:  # noqa: BLE001 - every failure goes back to Triton
+        except BaseException as exc:
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
             log.debug("action failed", exc_info=True)
