@@ -50,14 +50,22 @@ def human(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-def model_gets(s3, bucket: str) -> list[str]:  # type: ignore[no-untyped-def]
-    """GETs of model files (not config.pbtxt, not listings) seen by the S3 server."""
-    out = []
-    for method, path in s3.request_log():
-        p = path.split("?", 1)[0]
-        if method == "GET" and p.startswith(f"/{bucket}/") and not p.endswith("config.pbtxt"):
-            out.append(p)
-    return out
+def model_gets(s3, bucket: str) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    """(GETs by the Dragonfly peer, GETs by anyone else) of model files seen by the S3 server.
+
+    config.pbtxt is excluded: Triton reads it itself before any agent runs. The peer's
+    piece requests carry the client's X-Dragonfly-* headers (dfdaemon forwards them).
+    """
+    by_peer = by_others = 0
+    for req in s3.requests():
+        path = req.target.split("?", 1)[0]
+        if req.method != "GET" or not path.startswith(f"/{bucket}/") or path.endswith("config.pbtxt"):
+            continue
+        if "x-dragonfly-use-p2p" in req.headers:
+            by_peer += 1
+        else:
+            by_others += 1
+    return by_peer, by_others
 
 
 def main() -> int:
@@ -124,12 +132,19 @@ def main() -> int:
         print(f"[demo] inference toy([1, 2, 3, 4]) = {out}")
         assert out == [2.0, 3.0, 4.0, 5.0], out
         stats_a = peer_a.stats()
-        gets = model_gets(s3, "models")
-        print(f"[demo] origin bytes fetched by peer A: {human(stats_a['origin_bytes'])}; "
-              f"S3 model-file GETs: {len(gets)} (all from the peer's piece requests)")
+        by_peer, by_others = model_gets(s3, "models")
+        print(f"[demo] origin bytes fetched by peer A: {human(stats_a['origin_bytes'])}; S3 GETs of model "
+              f"files: {by_peer} by the Dragonfly peer, {by_others} by anyone else (Triton never fetched them)")
+        if by_others:
+            raise SystemExit("[demo] unexpected: something other than the peer fetched model files")
 
         triton_a.unload("toy")  # type: ignore[attr-defined]
-        t_reload = load(triton_a, "node A, reload (dfrepo cache)")
+        peer_a.reset_stats()
+        s3.clear_log()
+        t_reload = load(triton_a, "node A, reload (dfrepo persistent cache)")
+        reload_served = peer_a.stats()["served_bytes"]
+        print(f"[demo] reload: peer A served {human(reload_served)}, S3 model-file GETs: "
+              f"{sum(model_gets(s3, 'models'))} (files hard-linked from the dfrepo cache)")
 
         peer_a.reset_stats()
         triton_b = node("b", peer_b)
@@ -143,6 +158,8 @@ def main() -> int:
             "model_bytes": size,
             "load_seconds": {"cold": t_cold, "reload_cache": t_reload, "node_b_remote_peer": t_remote},
             "origin_bytes_node_a": stats_a["origin_bytes"],
+            "s3_model_gets_node_a": {"by_peer": by_peer, "by_others": by_others},
+            "reload_bytes_from_peer": reload_served,
             "node_b": {"parent_bytes": stats_b.get("parent_bytes", 0), "origin_bytes": stats_b["origin_bytes"]},
             "inference": out,
         }

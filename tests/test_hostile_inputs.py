@@ -264,7 +264,7 @@ def test_huge_valid_credential_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize("location", [
     "http://example.com/m", "S3://b/m", "GS://b/m", "ftp://x/y", "s3://", "gs:///m", "as://acct",
     "as://acct/UPPER/m", "as://acct/c/m?sv=1&sig=x", "s3://b/../m", "gs://b/./m",
-    "s3://b/m\x00", "file://remotehost/m", "s3://http://h:1/b/m/x://y", "s3://h:99999/b/m", "",
+    "s3://b/m\x00", "file://remotehost/m", "file://[", "file://[]", "s3://http://h:1/b/m/x://y", "s3://h:99999/b/m", "",
 ])
 def test_bad_locations(location: str) -> None:
     with pytest.raises(errors.LocationError):
