@@ -460,10 +460,6 @@ def test_peer_backend_403_is_final_and_keeps_status(impl: str, tmp_path: Path, p
     assert_clean_failure(tmp_path, tmp_path / "out")
 
 
-@pytest.mark.xfail(raises=errors.RetriesExhaustedError, strict=True,
-                   reason="GAP: a 0-byte object of unknown size through the peer: the Range 0-0 probe is "
-                          "unsatisfiable and the peer answers 500 dfdaemon (retried, then exhausted). "
-                          "pull() is unaffected: listed sizes skip the probe.")
 def test_peer_empty_object_unknown_size(tmp_path: Path, peer) -> None:  # type: ignore[no-untyped-def]
     with RangeServer() as srv:
         url = srv.put("/empty", b"")

@@ -32,6 +32,7 @@ from .errors import (
     UnsafePathError,
 )
 from .objects import RemoteObject
+from .repo import PullResult, pull
 
 logging.getLogger("dfrepo").addHandler(logging.NullHandler())
 
@@ -59,6 +60,7 @@ __all__ = [
     "LocationError",
     "ObjectNotFoundError",
     "ProxyUnavailableError",
+    "PullResult",
     "RangeNotSupportedError",
     "RemoteObject",
     "RepoAgentError",
@@ -70,4 +72,5 @@ __all__ = [
     "UnsafePathError",
     "download",
     "implementation",
+    "pull",
 ]

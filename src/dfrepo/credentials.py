@@ -287,6 +287,10 @@ def _opt_str(path: str, key: str, entry: Mapping[str, Any], member: str) -> str 
     return value or None
 
 
+#: A credential file is a few hundred bytes; refuse absurd ones before parsing.
+MAX_CREDENTIAL_FILE_BYTES = 1024 * 1024
+
+
 def load_credential_file(path: str | os.PathLike[str]) -> CredentialFile:
     """Parse Triton's ``cloud_credential.json``.
 
@@ -298,12 +302,17 @@ def load_credential_file(path: str | os.PathLike[str]) -> CredentialFile:
     path = os.fspath(path)
     try:
         with open(path, "rb") as fh:
-            raw = fh.read()
+            raw = fh.read(MAX_CREDENTIAL_FILE_BYTES + 1)
     except OSError as exc:
         raise CredentialsError(f"cannot read credential file {path!r}: "
                                f"{exc.strerror or type(exc).__name__}", source=path) from None
+    if len(raw) > MAX_CREDENTIAL_FILE_BYTES:
+        raise CredentialsError(f"credential file {path!r} is larger than "
+                               f"{MAX_CREDENTIAL_FILE_BYTES // 1024} KiB", source=path)
     try:
         data = json.loads(raw)
+    except RecursionError:
+        raise CredentialsError(f"credential file {path!r} is nested too deeply", source=path) from None
     except (ValueError, UnicodeDecodeError) as exc:
         # json's message quotes no document text, only a position.
         where = f" (line {exc.lineno}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""

@@ -304,8 +304,11 @@ class Downloader:
                 if resp.status == 200:
                     self._whole_body(job, resp, state, buf)
                     return
-                if resp.status == 416:
-                    # Zero-byte objects cannot satisfy bytes=0-0: fetch without Range.
+                peer_range_error = (resp.status == 500 and attempt == 0
+                                    and resp.headers.get("X-Dragonfly-Error-Type") == "dfdaemon")
+                if resp.status == 416 or peer_range_error:
+                    # Zero-byte objects cannot satisfy bytes=0-0 (the origin says 416, a
+                    # Dragonfly peer a 500 "dfdaemon" range error): fetch without Range.
                     resp.drain_conn()
                     resp.release_conn()
                     resp = self.transport.request(url, job.headers)
