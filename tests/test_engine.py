@@ -330,3 +330,17 @@ def test_which_implementation_ran() -> None:
     if expected == "cython" and "cython" not in IMPLS:
         pytest.skip("extension not built")
     assert core.IMPLEMENTATION == expected
+
+
+def test_retry_after_forms() -> None:
+    import email.utils
+    import time as _time
+
+    from dfrepo.transfer import _retry_after_seconds
+
+    assert _retry_after_seconds("3") == 3.0
+    assert _retry_after_seconds(None) is None and _retry_after_seconds("soon") is None
+    future = email.utils.formatdate(_time.time() + 30, usegmt=True)
+    assert 25 <= (_retry_after_seconds(future) or 0) <= 31
+    past = email.utils.formatdate(_time.time() - 30, usegmt=True)
+    assert _retry_after_seconds(past) == 0.0

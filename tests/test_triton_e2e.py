@@ -19,30 +19,32 @@ weights at initialize, so a wrong or partial download fails the load).
 
 from __future__ import annotations
 
+import ctypes
 import glob
 import json
 import os
 import re
-import shutil
+import select
 import socket
+import struct
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
 pytestmark = [pytest.mark.triton, pytest.mark.servers]
 
 models = pytest.importorskip("servers.models")
-from dfpeer import PeerProcess, StandinPeer  # noqa: E402
-from servers.triton import TritonHandle, start_triton, triton_home  # noqa: E402
-from servers.upload import upload_tree_azure, upload_tree_gcs, upload_tree_s3  # noqa: E402
+from dfpeer import PeerProcess, StandinPeer
+from servers.triton import TritonHandle, start_triton, triton_home
+from servers.upload import upload_tree_azure, upload_tree_gcs, upload_tree_s3
 
-from dfrepo.triton.install import install_agent  # noqa: E402
+from dfrepo.triton.install import install_agent
 
 make_toy_model = models.make_toy_model
 
@@ -63,6 +65,10 @@ def _wait(predicate: Callable[[], bool], timeout: float = 20.0, interval: float 
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+def _removed(path: str) -> Callable[[], bool]:
+    return lambda: not os.path.exists(path)
 
 
 def _tmp_folders() -> set[str]:
@@ -120,7 +126,8 @@ def _model_gets(s3: Any, model: str) -> tuple[list[str], list[str]]:
     config.pbtxt is excluded: Triton core reads it itself before any agent runs. The peer's
     stat and piece requests carry dfrepo's ``X-Dragonfly-*`` headers (dfdaemon forwards them).
     """
-    by_peer, by_others = [], []
+    by_peer: list[str] = []
+    by_others: list[str] = []
     head = f"/{BUCKET}/{PREFIX}/{model}/"
     for req in s3.requests():
         path = req.target.split("?", 1)[0]
@@ -139,27 +146,66 @@ def _closed_port() -> int:
 
 
 class _FolderWatch:
-    """Record every ``/tmp/folder*`` that appears while the block runs (10 ms polling)."""
+    """Record every ``/tmp/folder*`` directory created while the block runs (inotify).
+
+    Polling can miss it: on an early agent error Triton creates and deletes the acquired
+    dir within a few milliseconds.
+    """
+
+    _IN_CREATE, _IN_MOVED_TO, _IN_ISDIR = 0x100, 0x80, 0x40000000
+    _EVENT = struct.Struct("iIII")
 
     def __init__(self) -> None:
         self.before = _tmp_folders()
         self.seen: set[str] = set()
         self._stop = threading.Event()
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self._fd < 0 or libc.inotify_add_watch(self._fd, b"/tmp", self._IN_CREATE | self._IN_MOVED_TO) < 0:
+            raise OSError(ctypes.get_errno(), "inotify on /tmp")
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _drain(self) -> None:
+        try:
+            data = os.read(self._fd, 1 << 16)
+        except BlockingIOError:
+            return
+        offset = 0
+        while offset + self._EVENT.size <= len(data):
+            _wd, mask, _cookie, length = self._EVENT.unpack_from(data, offset)
+            name = data[offset + self._EVENT.size: offset + self._EVENT.size + length].split(b"\0", 1)[0]
+            offset += self._EVENT.size + length
+            if mask & self._IN_ISDIR and name.startswith(b"folder"):
+                self.seen.add("/tmp/" + name.decode())
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.seen |= _tmp_folders() - self.before
-            self._stop.wait(0.01)
+            select.select([self._fd], [], [], 0.05)
+            self._drain()
 
-    def __enter__(self) -> _FolderWatch:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        time.sleep(0.1)
         self._stop.set()
         self._thread.join()
-        self.seen |= _tmp_folders() - self.before
+        self._drain()
+        os.close(self._fd)
+
+
+class _NoSecretsRepr:
+    """The store fixture without its secret key in ``repr`` (pytest prints test arguments)."""
+
+    def __init__(self, server: Any) -> None:
+        self._server = server
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
+
+    def __repr__(self) -> str:
+        return f"<{self._server.kind} at {self._server.endpoint}>"
 
 
 @dataclass
@@ -253,6 +299,11 @@ def node_a(work: Path, agents: Path, peer_a: PeerProcess, seaweedfs: Any) -> Ite
         triton.stop()
 
 
+@pytest.fixture(scope="module")
+def s3(seaweedfs: Any) -> Any:
+    return _NoSecretsRepr(seaweedfs)
+
+
 def _publish_s3(s3: Any, work: Path, name: str, *, add: float, size: int,
                 params: dict[str, str] | None = None) -> Path:
     src = work / "src" / name
@@ -264,15 +315,15 @@ def _publish_s3(s3: Any, work: Path, name: str, *, add: float, size: int,
 # ------------------------------------------------------------------------------------------
 # 1. s3:// through the peer
 # ------------------------------------------------------------------------------------------
-def test_s3_model_comes_only_through_the_peer(node_a: Node, seaweedfs: Any, work: Path) -> None:
+def test_s3_model_comes_only_through_the_peer(node_a: Node, s3: Any, work: Path) -> None:
     name = "e2e_s3"
-    _publish_s3(seaweedfs, work, name, add=1.0, size=6 * MiB)
-    seaweedfs.clear_log()
+    _publish_s3(s3, work, name, add=1.0, size=6 * MiB)
+    s3.clear_log()
     node_a.peer.reset_stats()
     dt = node_a.load_ok(name)
     assert node_a.triton.infer_fp32(name, "INPUT0", X, "OUTPUT0") == [2.0, 3.0, 4.0, 5.0]
     assert _acquired_dir(node_a.triton, name).startswith("/tmp/folder")
-    by_peer, by_others = _model_gets(seaweedfs, name)
+    by_peer, by_others = _model_gets(s3, name)
     print(f"\n[e2e] s3 load {dt:.2f}s; model-file GETs at the store: {len(by_peer)} by the peer, "
           f"{len(by_others)} by others; peer stats origin={node_a.peer.stats()['origin_bytes']}")
     assert by_others == [], by_others
@@ -362,7 +413,8 @@ def test_as_model_through_the_peer_over_tls(azurite_tls: Any, agents: Path, work
                 pytest.xfail(
                     "product bug in dfrepo/_http.py: urllib3 2.x ProxyManager(use_forwarding_for_https=True) "
                     "forwards https only through an *https* proxy; with the peer's http:// URL it sends "
-                    "CONNECT, which the stand-in peer answers 501 (real dfdaemon tunnels it, bypassing P2P). "
+                    "CONNECT, which the stand-in peer answers 501 (real dfdaemon MITMs it with its own certificate, "
+                    "which a verifying client rejects). "
                     "as:// origins are always https, so every blob GET fails")
             dt = node.load_ok(name)
             assert triton.infer_fp32(name, "INPUT0", X, "OUTPUT0") == [11.0, 12.0, 13.0, 14.0]
@@ -377,25 +429,25 @@ def test_as_model_through_the_peer_over_tls(azurite_tls: Any, agents: Path, work
 # ------------------------------------------------------------------------------------------
 # 4. unload + reload: persistent cache; with the cache off, a local hit at the peer
 # ------------------------------------------------------------------------------------------
-def test_reload_served_by_cache_or_peer(node_a: Node, seaweedfs: Any, work: Path) -> None:
+def test_reload_served_by_cache_or_peer(node_a: Node, s3: Any, work: Path) -> None:
     cached, uncached = "e2e_reload", "e2e_nocache"
-    _publish_s3(seaweedfs, work, cached, add=3.0, size=4 * MiB)
-    _publish_s3(seaweedfs, work, uncached, add=4.0, size=4 * MiB, params={"cache": "off"})
+    _publish_s3(s3, work, cached, add=3.0, size=4 * MiB)
+    _publish_s3(s3, work, uncached, add=4.0, size=4 * MiB, params={"cache": "off"})
     peer = node_a.peer
     for name in (cached, uncached):
         node_a.load_ok(name)
         first_dir = _acquired_dir(node_a.triton, name)
         node_a.unload(name)
         # Triton removes the acquired dir after UNLOAD_COMPLETE.
-        assert _wait(lambda: not os.path.exists(first_dir)), first_dir
+        assert _wait(_removed(first_dir)), first_dir
         peer.reset_stats()
-        seaweedfs.clear_log()
+        s3.clear_log()
         node_a.load_ok(name)
         add = 3.0 if name == cached else 4.0
         assert node_a.triton.infer_fp32(name, "INPUT0", X, "OUTPUT0") == [v + add for v in X]
         assert _acquired_dir(node_a.triton, name) != first_dir
         stats = peer.stats()
-        by_peer, by_others = _model_gets(seaweedfs, name)
+        by_peer, by_others = _model_gets(s3, name)
         print(f"\n[e2e] reload {name}: peer served={stats['served_bytes']} origin={stats['origin_bytes']} "
               f"local_hits={stats['local_hits']}; store GETs peer={len(by_peer)} others={len(by_others)}")
         assert stats["origin_bytes"] == 0
@@ -412,10 +464,10 @@ def test_reload_served_by_cache_or_peer(node_a: Node, seaweedfs: Any, work: Path
 # ------------------------------------------------------------------------------------------
 # 5. two models loading at the same time
 # ------------------------------------------------------------------------------------------
-def test_two_models_load_concurrently(node_a: Node, seaweedfs: Any, work: Path) -> None:
+def test_two_models_load_concurrently(node_a: Node, s3: Any, work: Path) -> None:
     names = {"e2e_con1": 5.0, "e2e_con2": 6.0}
     for name, add in names.items():
-        _publish_s3(seaweedfs, work, name, add=add, size=4 * MiB, params={"cache": "off"})
+        _publish_s3(s3, work, name, add=add, size=4 * MiB, params={"cache": "off"})
     results: dict[str, tuple[int, str]] = {}
     barrier = threading.Barrier(len(names))
 
@@ -441,10 +493,10 @@ def test_two_models_load_concurrently(node_a: Node, seaweedfs: Any, work: Path) 
 # ------------------------------------------------------------------------------------------
 # 6. a second node: remote-peer hit
 # ------------------------------------------------------------------------------------------
-def test_second_node_gets_model_from_first_peer(node_a: Node, seaweedfs: Any, agents: Path,
+def test_second_node_gets_model_from_first_peer(node_a: Node, s3: Any, agents: Path,
                                                  work: Path) -> None:
     name = "e2e_nodeb"
-    _publish_s3(seaweedfs, work, name, add=7.0, size=8 * MiB)
+    _publish_s3(s3, work, name, add=7.0, size=8 * MiB)
     node_a.load_ok(name)  # peer A now holds every piece
     d = work / "node-b"
     d.mkdir()
@@ -455,11 +507,11 @@ def test_second_node_gets_model_from_first_peer(node_a: Node, seaweedfs: Any, ag
         triton = start_triton(d / "triton", node_a.repo_url, repoagent_dir=str(agents), env=env)
         try:
             node_b = Node(triton, peer_b, cfg, node_a.credentials, d / "cache", node_a.repo_url)
-            seaweedfs.clear_log()
+            s3.clear_log()
             dt = node_b.load_ok(name)
             assert triton.infer_fp32(name, "INPUT0", X, "OUTPUT0") == [v + 7.0 for v in X]
             stats = peer_b.stats()
-            by_peer, by_others = _model_gets(seaweedfs, name)
+            by_peer, by_others = _model_gets(s3, name)
             print(f"\n[e2e] node B load {dt:.2f}s: peer B origin={stats['origin_bytes']} "
                   f"parent={stats['parent_bytes']} traffic={stats['traffic']}; store GETs "
                   f"peer={len(by_peer)} others={len(by_others)}")
@@ -494,14 +546,15 @@ def _load_fails(node: Node, name: str, *, expect: tuple[str, ...], absent: tuple
     assert _wait(lambda: not any(os.path.exists(p) for p in watch.seen), 10), \
         f"acquired dirs left behind: {sorted(watch.seen)}"
     assert _stage_dirs() - stages_before == set()
+    print(f"[e2e] {name}: acquired {sorted(watch.seen)}, removed")
     return line
 
 
-def test_failures_fail_only_their_model(node_a: Node, seaweedfs: Any, work: Path) -> None:
+def test_failures_fail_only_their_model(node_a: Node, s3: Any, work: Path) -> None:
     import secrets_guard
 
     good = "e2e_good"
-    _publish_s3(seaweedfs, work, good, add=9.0, size=2 * MiB)
+    _publish_s3(s3, work, good, add=9.0, size=2 * MiB)
     node_a.load_ok(good)  # also makes Triton core cache its (good) credentials
     node_a.unload(good)
 
@@ -509,16 +562,16 @@ def test_failures_fail_only_their_model(node_a: Node, seaweedfs: Any, work: Path
     # Triton core caches the credential file on first use (is_cached_); the agent reads it on
     # every LOAD. A longer entry for this one model with a wrong secret reaches only dfrepo.
     name = "e2e_badcred"
-    _publish_s3(seaweedfs, work, name, add=1.0, size=2 * MiB)
+    _publish_s3(s3, work, name, add=1.0, size=2 * MiB)
     wrong = "wrong-secret-" + os.urandom(8).hex()
     secrets_guard.extra_secrets(wrong)
     location = f"{node_a.repo_url}/{name}"
     original = node_a.credentials.read_text()  # type: ignore[union-attr]
     _write_json(node_a.credentials,  # type: ignore[arg-type]
-                _s3_creds(seaweedfs, extra={location: {"key_id": seaweedfs.access_key, "secret_key": wrong,
-                                                       "region": seaweedfs.region}}))
+                _s3_creds(s3, extra={location: {"key_id": s3.access_key, "secret_key": wrong,
+                                                       "region": s3.region}}))
     try:
-        line = _load_fails(node_a, name, expect=("credential",), absent=(wrong, seaweedfs.secret_key))
+        line = _load_fails(node_a, name, expect=("credential",), absent=(wrong, s3.secret_key))
     finally:
         node_a.credentials.write_text(original)  # type: ignore[union-attr]
     assert "dfrepo agent 'dragonfly': LOAD of model 'e2e_badcred'" in line
@@ -528,9 +581,9 @@ def test_failures_fail_only_their_model(node_a: Node, seaweedfs: Any, work: Path
     # (the listing already saw it): the origin answers 404 through the peer.
     name = "e2e_missing"
     with StandinPeer(work / "peer-missing") as vanish:
-        _publish_s3(seaweedfs, work, name, add=1.0, size=2 * MiB, params={"proxy": vanish.url, "cache": "off"})
+        _publish_s3(s3, work, name, add=1.0, size=2 * MiB, params={"proxy": vanish.url, "cache": "off"})
         real_stat = vanish.core.stat
-        client = seaweedfs.client()
+        client = s3.client()
 
         def stat(url: str, headers: Any) -> Any:
             if "/weights.bin" in url.split("?", 1)[0]:
@@ -544,15 +597,15 @@ def test_failures_fail_only_their_model(node_a: Node, seaweedfs: Any, work: Path
     # -- c) peer down, fallback off (agent parameters) ----------------------------------------
     name = "e2e_peerdown"
     dead = f"http://127.0.0.1:{_closed_port()}"
-    _publish_s3(seaweedfs, work, name, add=1.0, size=2 * MiB,
+    _publish_s3(s3, work, name, add=1.0, size=2 * MiB,
                 params={"proxy": dead, "fallback": "false", "cache": "off"})
-    seaweedfs.clear_log()
+    s3.clear_log()
     line = _load_fails(node_a, name, expect=(dead.split("//")[1],))
-    assert _model_gets(seaweedfs, name) == ([], []), "fallback off, yet something fetched model files"
+    assert _model_gets(s3, name) == ([], []), "fallback off, yet something fetched model files"
 
     # -- d) corrupt dragonfly_config.json (trailing comma) ------------------------------------
     name = "e2e_badcfg"
-    _publish_s3(seaweedfs, work, name, add=1.0, size=2 * MiB)
+    _publish_s3(s3, work, name, add=1.0, size=2 * MiB)
     good_cfg = node_a.dragonfly_config.read_text()
     node_a.dragonfly_config.write_text(f'{{"proxy": "{node_a.peer.url}",}}')
     try:
@@ -569,10 +622,11 @@ def test_failures_fail_only_their_model(node_a: Node, seaweedfs: Any, work: Path
 # ------------------------------------------------------------------------------------------
 # 8. leak check over load/unload cycles
 # ------------------------------------------------------------------------------------------
-def test_load_unload_cycles_do_not_leak(node_a: Node, seaweedfs: Any, work: Path) -> None:
+def test_load_unload_cycles_do_not_leak(node_a: Node, s3: Any, work: Path) -> None:
     name, cycles = "e2e_leak", 5
-    _publish_s3(seaweedfs, work, name, add=2.0, size=4 * MiB)
+    _publish_s3(s3, work, name, add=2.0, size=4 * MiB)
     pid = node_a.triton.process.pid
+    assert pid is not None
     stable_children = len(_children(pid))  # stubs of the models other cases left loaded (+ worker)
 
     def cycle() -> str:
@@ -580,7 +634,7 @@ def test_load_unload_cycles_do_not_leak(node_a: Node, seaweedfs: Any, work: Path
         assert node_a.triton.infer_fp32(name, "INPUT0", X, "OUTPUT0") == [v + 2.0 for v in X]
         acquired = _acquired_dir(node_a.triton, name)
         node_a.unload(name)
-        assert _wait(lambda: not os.path.exists(acquired), 10), acquired
+        assert _wait(_removed(acquired), 10), acquired
         return acquired
 
     cycle()  # warm-up: Triton's lazily created pools, the worker, the cache entry

@@ -19,7 +19,7 @@ from urllib3.exceptions import (
 )
 
 from .config import TransferConfig
-from .errors import IncompleteDownloadError, ProxyUnavailableError, TransferError, redact_url
+from .errors import ConfigError, IncompleteDownloadError, ProxyUnavailableError, TransferError, redact_url
 
 log = logging.getLogger("dfrepo")
 
@@ -49,9 +49,12 @@ def _proxy_unreachable(exc: ProxyError) -> bool:
 class Transport:
     """Connection pools for one pull: through the Dragonfly proxy, or direct.
 
-    With a proxy, a ``ProxyManager(use_forwarding_for_https=True)`` sends absolute-form
-    ``GET https://...`` to the proxy over plain HTTP, so the peer talks TLS to the origin
-    itself and no CONNECT tunnel (which dfdaemon would MITM) is needed.
+    Through a proxy every GET goes out in absolute form (``GET https://host/key HTTP/1.1``)
+    on a plain-HTTP connection pool aimed at the proxy, for ``http://`` and ``https://``
+    origins alike: the peer talks TLS to the origin itself, and no CONNECT tunnel (which
+    dfdaemon would intercept with its own certificate) is ever opened. urllib3's
+    ``ProxyManager(use_forwarding_for_https=True)`` does this only for ``https://``
+    proxies, which a dfdaemon on port 4001 is not, so the proxy's pool is used directly.
 
     When the proxy cannot be reached and ``fallback_direct`` is on, the transport
     switches to direct origin requests once, logs the reason once, and stays direct.
@@ -69,21 +72,24 @@ class Transport:
         self.proxy = proxy or None
         self.fallback_direct = fallback_direct
         size = maxsize or config.concurrency
-        common = dict(
+        timeout = urllib3.Timeout(connect=config.connect_timeout, read=config.read_timeout)
+        self._direct = urllib3.PoolManager(
             num_pools=32,
             maxsize=size,
             block=False,
-            timeout=urllib3.Timeout(connect=config.connect_timeout, read=config.read_timeout),
+            timeout=timeout,
             retries=False,
             cert_reqs="CERT_REQUIRED" if config.verify_tls else "CERT_NONE",
             ca_certs=config.ca_bundle,
         )
-        self._direct = urllib3.PoolManager(**common)  # type: ignore[arg-type]
-        self._proxied: urllib3.ProxyManager | None = None
+        self._proxied: urllib3.HTTPConnectionPool | None = None
         if self.proxy:
-            self._proxied = urllib3.ProxyManager(
-                self.proxy, use_forwarding_for_https=True, **common  # type: ignore[arg-type]
-            )
+            parsed = urllib3.util.parse_url(self.proxy)
+            if parsed.scheme not in (None, "http") or not parsed.host:
+                raise ConfigError(f"Dragonfly proxy must be an http:// URL, got {redact_url(self.proxy)}",
+                                  source="arg", key="proxy")
+            self._proxied = urllib3.HTTPConnectionPool(
+                parsed.host, parsed.port or 80, maxsize=size, block=False, timeout=timeout, retries=False)
         self._lock = threading.Lock()
         self.fell_back = False
         self.fallback_reason: str | None = None
@@ -94,43 +100,47 @@ class Transport:
 
     def request(self, url: str, headers: Mapping[str, str]) -> urllib3.BaseHTTPResponse:
         """Send a GET and return the response with its body unread."""
-        manager = self._direct if self.fell_back or self._proxied is None else self._proxied
-        if manager is self._direct and self._proxied is not None:
-            # Fallen back to the origin: Dragonfly's headers (and any proxy auth) are not its business.
-            headers = {k: v for k, v in headers.items() if not k.lower().startswith("x-dragonfly-")}
+        pool = None if self.fell_back else self._proxied
+        if pool is None:
+            if self._proxied is not None:
+                # Fallen back to the origin: Dragonfly's headers are not its business.
+                headers = {k: v for k, v in headers.items() if not k.lower().startswith("x-dragonfly-")}
+            try:
+                return self._direct.request("GET", url, headers=dict(headers), preload_content=False,
+                                            decode_content=False, redirect=False)
+            except SSLError as exc:
+                raise TransferError(f"TLS error talking to {redact_url(url)}: {exc.__class__.__name__}",
+                                    url=url) from None
+        target = urllib3.util.parse_url(url)
+        if target.scheme not in ("http", "https") or not target.host:
+            raise ConfigError(f"cannot fetch {redact_url(url)} through a proxy: not an http(s) URL",
+                              source="arg", key="url")
+        host = target.host if target.port in (None, 80 if target.scheme == "http" else 443) \
+            else f"{target.host}:{target.port}"
         try:
-            return manager.request(
-                "GET",
-                url,
-                headers=dict(headers),
-                preload_content=False,
-                decode_content=False,
-                redirect=False,
-            )
-        except ProxyError as exc:
-            if manager is self._proxied and _proxy_unreachable(exc):
+            return pool.urlopen("GET", url, headers={**headers, "Host": host}, assert_same_host=False,
+                                retries=False, redirect=False, preload_content=False, decode_content=False)
+        except (NewConnectionError, ConnectTimeoutError) as exc:
+            return self._proxy_down(url, headers, exc)
+        except ProxyError as exc:  # Defensive: urllib3 may still wrap connection failures
+            if _proxy_unreachable(exc):
                 return self._proxy_down(url, headers, exc)
             raise
-        except SSLError as exc:
-            raise TransferError(f"TLS error talking to {redact_url(url)}: {exc.__class__.__name__}",
-                                url=url) from None
 
-    def _proxy_down(
-        self, url: str, headers: Mapping[str, str], exc: ProxyError
-    ) -> urllib3.BaseHTTPResponse:
+    def _proxy_down(self, url: str, headers: Mapping[str, str], exc: Exception) -> urllib3.BaseHTTPResponse:
         if not self.fallback_direct:
             raise ProxyUnavailableError(
                 f"Dragonfly proxy {redact_url(self.proxy)} is unreachable and direct fallback is off",
                 url=url,
-            ) from exc
+            ) from None
         with self._lock:
             if not self.fell_back:
                 self.fell_back = True
-                self.fallback_reason = f"proxy {redact_url(self.proxy)} unreachable"
+                self.fallback_reason = f"proxy {redact_url(self.proxy)} unreachable ({type(exc).__name__})"
                 log.warning("dfrepo: %s; downloading directly from the origin", self.fallback_reason)
         return self.request(url, headers)
 
     def clear(self) -> None:
         self._direct.clear()
         if self._proxied is not None:
-            self._proxied.clear()
+            self._proxied.close()

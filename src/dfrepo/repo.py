@@ -157,7 +157,8 @@ def pull(
 
     dest = Path(dest)
     _check_dest(dest)
-    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.dfrepo-stage-", dir=dest.parent))
+    _remove_dead_stages(dest)
+    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.dfrepo-stage-{os.getpid()}-", dir=dest.parent))
     try:
         counts = {"cache": 0, "local": 0}
         to_fetch: list[tuple[RemoteObject, DownloadRequest]] = []
@@ -233,6 +234,30 @@ def _cache_from_setting(value: str, current: ObjectCache | None, env: Mapping[st
     if lowered in ("on", "true", "yes", "1"):
         return current if current is not None else ModelCache(env=env)
     return ModelCache(value)
+
+
+def _remove_dead_stages(dest: Path) -> None:
+    """Remove staging dirs for *dest* left by processes that were killed mid-pull.
+
+    A stage is named ``.<dest>.dfrepo-stage-<pid>-<random>``; one whose process no longer
+    exists cannot be finished by anyone.
+    """
+    prefix = f".{dest.name}.dfrepo-stage-"
+    try:
+        candidates = [p for p in dest.parent.iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return
+    for stage in candidates:
+        pid_text = stage.name[len(prefix):].split("-", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            log.info("dfrepo: removing %s left by a killed pull", stage)
+            shutil.rmtree(stage, ignore_errors=True)
+        except OSError:  # alive under another user: not ours to touch
+            continue
 
 
 def _check_dest(dest: Path) -> None:

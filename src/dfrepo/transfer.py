@@ -13,6 +13,7 @@ temp file is removed and the destination is untouched.
 from __future__ import annotations
 
 import collections
+import email.utils
 import functools
 import hashlib
 import logging
@@ -462,9 +463,9 @@ class Downloader:
     def _sleep(self, attempt: int, resp: urllib3.BaseHTTPResponse | None) -> None:
         delay = min(self.config.backoff_max, self.config.backoff_base * (2 ** (attempt - 1)))
         delay *= 0.5 + random.random() / 2
-        retry_after = resp.headers.get("Retry-After") if resp is not None else None
-        if retry_after and retry_after.strip().isdigit():
-            delay = max(delay, min(float(retry_after), self.config.backoff_max))
+        wait = _retry_after_seconds(resp.headers.get("Retry-After") if resp is not None else None)
+        if wait is not None:
+            delay = max(delay, min(wait, self.config.backoff_max))
         time.sleep(delay)
 
     @staticmethod
@@ -614,6 +615,22 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(dfd)
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    """``Retry-After`` as seconds: delta-seconds or an HTTP-date (RFC 9110 §10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def _as_dfrepo_error(exc: BaseException, url: str) -> BaseException:

@@ -38,6 +38,16 @@ class Knobs:
     range_416_for_empty: bool = True    # S3-like 416 for bytes=0-0 on an empty object
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """Client disconnects are part of the faults under test: no tracebacks on stderr
+    (they would land in whatever test happens to be capturing output at the time)."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass
+
+
 @dataclass
 class _Obj:
     data: bytes
@@ -79,8 +89,7 @@ class RangeServer:
             def do_GET(self) -> None:
                 outer._handle(self, head=False)
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
