@@ -344,3 +344,18 @@ def test_retry_after_forms() -> None:
     assert 25 <= (_retry_after_seconds(future) or 0) <= 31
     past = email.utils.formatdate(_time.time() - 30, usegmt=True)
     assert _retry_after_seconds(past) == 0.0
+
+
+def test_proxy_https_origin_is_forwarded_not_tunnelled(impl: str, tmp_path: Path) -> None:
+    """An https origin through the (plain-HTTP) Dragonfly proxy: absolute-form GET, never CONNECT."""
+    data = data_of(300_000)
+    with RangeServer() as proxy:
+        proxy.put("/bucket/obj", data)
+        url = "https://bucket-host.example:8443/bucket/obj?X-Amz-Signature=secretsig123"
+        res = download(url, tmp_path / "out", proxy=f"http://127.0.0.1:{proxy.port}", config=small_cfg(),
+                       implementation=impl)
+        assert [s.method for s in proxy.seen] == ["GET"] * len(proxy.seen)
+        assert all(s.path.startswith("https://bucket-host.example:8443/bucket/obj?") for s in proxy.seen)
+        assert {s.headers.get("Host") for s in proxy.seen} == {"bucket-host.example:8443"}
+    assert (tmp_path / "out").read_bytes() == data
+    assert res.via == "proxy"

@@ -407,15 +407,6 @@ def test_as_model_through_the_peer_over_tls(azurite_tls: Any, agents: Path, work
                               mounts=azurite_tls.triton_mounts())
         try:
             node = Node(triton, peer, cfg, creds, d / "cache", repo)
-            status, _ = triton.load(name)
-            if status != 200 and "failed: gave up after 5 attempts: ProxyError" in _agent_error(triton, name):
-                # Listing over TLS in the namespace works; the download does not reach the peer.
-                pytest.xfail(
-                    "product bug in dfrepo/_http.py: urllib3 2.x ProxyManager(use_forwarding_for_https=True) "
-                    "forwards https only through an *https* proxy; with the peer's http:// URL it sends "
-                    "CONNECT, which the stand-in peer answers 501 (real dfdaemon MITMs it with its own certificate, "
-                    "which a verifying client rejects). "
-                    "as:// origins are always https, so every blob GET fails")
             dt = node.load_ok(name)
             assert triton.infer_fp32(name, "INPUT0", X, "OUTPUT0") == [11.0, 12.0, 13.0, 14.0]
             stats = peer.stats()

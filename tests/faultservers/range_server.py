@@ -120,7 +120,7 @@ class RangeServer:
     def _handle(self, h: BaseHTTPRequestHandler, head: bool) -> None:
         k = self.knobs
         path = h.path.split("?", 1)[0]
-        if h.path.startswith("http://"):
+        if h.path.startswith(("http://", "https://")):
             path = "/" + h.path.split("/", 3)[3].split("?", 1)[0]
         with self._lock:
             self.seen.append(Seen(h.command, h.path, dict(h.headers.items())))
