@@ -511,7 +511,7 @@ def write_summary() -> Path | None:
         "min; each client in a fresh subprocess (peak RSS = its `VmHWM`); CPU = user+sys of the client "
         "process during the transfer (all threads); idle CPU sampled from /proc/stat before each round, "
         "rounds under 70% idle re-run (bounded) and otherwise flagged *noisy*. `ref ÷ client` = how many "
-        "times faster dfrepo compiled (recv) is than that client."), "",
+        "times faster dfrepo compiled (default io_mode) is than that client."), "",
     ]
     for d in docs:
         parts += [f"## {d['scenario']} (scale: {d['machine'].get('scale')}, {d['machine'].get('date')})", ""]

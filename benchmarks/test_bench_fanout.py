@@ -53,7 +53,7 @@ def test_fanout(seaweedfs, bench_bucket, bench_scale, tmpfs_dir) -> None:
                 for i in range(n):
                     dest = dest_root / f"node{i + 1}" / "model.bin"
                     dest.parent.mkdir(parents=True, exist_ok=True)
-                    spec = {"client": "dfrepo", "implementation": "cython", "config": {"io_mode": "recv"},
+                    spec = {"client": "dfrepo", "implementation": "cython", "config": {},
                             "url": url, "size": size, "dest": str(dest), "proxy": peers[i].url}
                     started.append((dest, H.start_client(f"node{i + 1}", spec, work)))
                 runs = [H.finish_client(f"node{i + 1}", *s, timeout=sc["timeout"]) for i, (_, s) in enumerate(started)]

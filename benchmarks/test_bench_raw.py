@@ -8,7 +8,7 @@ S3 (direct port) for the S3-native clients.  Workloads:
 * ``raw_many``: N small files (smoke 100 x 256 KiB, full 1000 x 1 MiB) to tmpfs;
   dfrepo through ``Downloader.download_many``.
 
-Clients: dfrepo compiled (io_mode recv; splice as its own row), dfrepo's pure-Python
+Clients: dfrepo compiled (default io_mode: splice; recv as its own row), dfrepo's pure-Python
 twin, single-stream urllib3, hf_transfer (against nginx); boto3 classic s3transfer,
 awscrt ``S3Client`` and dfrepo on a presigned URL (against SeaweedFS, apples to apples).
 """
@@ -24,9 +24,9 @@ import pytest
 
 pytestmark = [pytest.mark.smoke, pytest.mark.servers]
 
-DFREPO = {"client": "dfrepo", "implementation": "cython", "config": {"io_mode": "recv"}}
-REF_HTTP = "dfrepo-recv"
-REF_S3 = "dfrepo-recv@s3"
+DFREPO = {"client": "dfrepo", "implementation": "cython", "config": {}}  # default io_mode (auto: splice)
+REF_HTTP = "dfrepo"
+REF_S3 = "dfrepo@s3"
 
 
 @pytest.fixture(scope="module")
@@ -69,12 +69,12 @@ def many_source(nginx_origin, bench_bucket, tmpfs_dir, bench_scale):
 
 def _large_clients(src: dict[str, Any], s3: dict[str, Any], presigned: str) -> dict[str, dict[str, Any]]:
     return {
-        "dfrepo-recv": {**DFREPO, "url": src["url"], "size": src["size"]},
-        "dfrepo-splice": {**DFREPO, "config": {"io_mode": "splice"}, "url": src["url"], "size": src["size"]},
+        "dfrepo": {**DFREPO, "url": src["url"], "size": src["size"]},
+        "dfrepo-recv": {**DFREPO, "config": {"io_mode": "recv"}, "url": src["url"], "size": src["size"]},
         "dfrepo-twin": {"client": "dfrepo", "implementation": "python", "url": src["url"], "size": src["size"]},
         "urllib3-1stream": {"client": "urllib3", "url": src["url"]},
         "hf_transfer": {"client": "hf_transfer", "url": src["url"], "max_files": 16, "chunk_size": 10 * H.MiB},
-        "dfrepo-recv@s3": {**DFREPO, "url": presigned, "size": src["size"]},
+        "dfrepo@s3": {**DFREPO, "url": presigned, "size": src["size"]},
         "boto3-classic@s3": {"client": "boto3", "s3": s3, "key": src["key"]},
         "awscrt@s3": {"client": "awscrt", "s3": s3, "key": src["key"]},
     }
@@ -148,20 +148,20 @@ def _large(kind: str, dest_root: Path, large_source, seaweedfs, bench_bucket, be
     _group_ratios(table)
     notes = [(f"object {H.human(large_source['size'])}, destination {kind} ({dest_root}, "
              f"{H.fs_type(dest_root)}), origin nginx (file on tmpfs) / SeaweedFS direct port; "
-             "S3 rows compare against dfrepo-recv@s3 (presigned SeaweedFS URL)")]
+             "S3 rows compare against dfrepo@s3 (presigned SeaweedFS URL)")]
     notes += _targets(table)
     profile = None
     if kind == "tmpfs":
         profile = _strace_profile({**specs[REF_HTTP]}, work, dest_root / "strace" / "large.bin", sc["timeout"])
         if profile:
-            notes.append("strace -c -f of dfrepo-recv (one run, slowed by tracing): see `profile`")
+            notes.append("strace -c -f of dfrepo (one run, slowed by tracing): see `profile`")
     md = H.client_table(table)
     if profile:
         md += "\n\n```\n" + profile + "\n```"
     chart = H.bar_chart(H.RESULTS / f"raw_large_{kind}.png",
                         f"Raw transfer: {H.human(large_source['size'])} → {kind} (GiB/s, median)",
                         list(table), [r["gibps_median"] for r in table.values()], "GiB/s",
-                        highlight=[i for i, n in enumerate(table) if n.startswith("dfrepo-recv")])
+                        highlight=[i for i, n in enumerate(table) if n in (REF_HTTP, REF_S3)])
     H.write_result(f"raw_large_{kind}", {"workload": {"size": large_source["size"], "dest": kind},
                                          "clients": table, "rounds": H.rounds_json(rounds), "notes": notes,
                                          "profile": profile, "charts": [str(chart)] if chart else []}, md)
@@ -199,11 +199,11 @@ def test_raw_many(many_source, nginx_origin, seaweedfs, bench_bucket, bench_scal
         return out
 
     specs = {
-        "dfrepo-recv": {**DFREPO},
+        "dfrepo": {**DFREPO},
         "dfrepo-twin": {"client": "dfrepo", "implementation": "python"},
         "urllib3-1stream": {"client": "urllib3"},
         "hf_transfer": {"client": "hf_transfer", "max_files": 16, "chunk_size": 10 * H.MiB},
-        "dfrepo-recv@s3": {**DFREPO, "_presigned": True},
+        "dfrepo@s3": {**DFREPO, "_presigned": True},
         "boto3-classic@s3": {"client": "boto3", "s3": s3, "_keys": True},
         "awscrt@s3": {"client": "awscrt", "s3": s3, "_keys": True},
     }
@@ -247,7 +247,7 @@ def test_raw_many(many_source, nginx_origin, seaweedfs, bench_bucket, bench_scal
                         f"{many_source['count']} × {H.human(size)} → tmpfs (files/s, median)",
                         list(table), [r["files_per_s"] for r in table.values()], "files/s",
                         annotate=[f"{r['files_per_s']:.0f}" for r in table.values()],
-                        highlight=[i for i, n in enumerate(table) if n.startswith("dfrepo-recv")])
+                        highlight=[i for i, n in enumerate(table) if n in (REF_HTTP, REF_S3)])
     H.write_result("raw_many", {"workload": {"count": many_source["count"], "size": size, "dest": "tmpfs"},
                                 "clients": table, "rounds": H.rounds_json(rounds), "notes": notes,
                                 "charts": [str(chart)] if chart else []}, md)

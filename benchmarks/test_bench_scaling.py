@@ -1,4 +1,4 @@
-"""Scenario 3 — scaling: dfrepo compiled (recv) time and peak RSS against object size.
+"""Scenario 3 — scaling: dfrepo compiled time and peak RSS against object size.
 
 Smoke 16/64/256 MiB, full 64 MiB … 4 GiB; nginx origin (files on tmpfs), tmpfs
 destination.  Shows that cost grows linearly (least-squares fit of wall time on size,
@@ -49,7 +49,7 @@ def test_scaling(nginx_origin, bench_scale, tmpfs_dir) -> None:
             dest = dest_root / f"{label.replace(' ', '')}.bin"
             dest.parent.mkdir(parents=True, exist_ok=True)
             run = H.run_client(label, {"client": "dfrepo", "implementation": "cython",
-                                       "config": {"io_mode": "recv"}, "url": url, "size": size,
+                                       "config": {}, "url": url, "size": size,
                                        "dest": str(dest)}, work, sc["timeout"])
             run.verified = H.same_bytes(dest, path, full=sc["full_verify"])
             H.clear_outputs([dest])
@@ -81,7 +81,7 @@ def test_scaling(nginx_origin, bench_scale, tmpfs_dir) -> None:
         ["size", "wall median s", "wall min s", "GiB/s median", "CPU-s/GiB", "peak RSS MB", "verified"],
         [[k, r["wall_median_s"], r["wall_min_s"], r["gibps_median"], r["cpu_s_per_gib"], r["peak_rss_mb"],
           r["verified"]] for k, r in rows.items()])
-    chart = H.line_chart(H.RESULTS / "scaling.png", "dfrepo compiled (recv): cost vs object size",
+    chart = H.line_chart(H.RESULTS / "scaling.png", "dfrepo compiled: cost vs object size",
                          xs, {"wall time (median)": ys, "peak RSS": rss},
                          "object size (GiB)", {"wall time (median)": "seconds", "peak RSS": "MB"})
     H.write_result("scaling", {"sizes": sizes, "rows": rows, "fit": {"intercept_s": a, "s_per_gib": b, "r2": r2},

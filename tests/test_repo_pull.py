@@ -153,3 +153,19 @@ def test_local_location_is_linked(tmp_path: Path) -> None:
     files = make_model(tmp_path / "src", weights=1000)
     res = pull(str(tmp_path / "src"), tmp_path / "out")
     assert tree(tmp_path / "out") == files and res.bytes_local == res.bytes
+
+
+def test_unknown_override_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a").write_text("a")
+    with pytest.raises(errors.ConfigError) as ei:
+        pull(str(tmp_path / "src"), tmp_path / "dest", overrides={"concurency": "4"})
+    assert ei.value.key == "concurency"
+    assert not (tmp_path / "dest").exists()
+
+
+def test_overrides_apply_on_top_of_a_given_config(tmp_path: Path) -> None:
+    from dfrepo.repo import split_overrides
+
+    df, tr, pl = split_overrides({"proxy": "http://127.0.0.1:1", "concurrency": "2", "cache": "off"})
+    assert df == {"proxy": "http://127.0.0.1:1"} and tr == {"concurrency": "2"} and pl == {"cache": "off"}

@@ -12,14 +12,13 @@ import os
 import shutil
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 from urllib.parse import unquote, urlsplit
 
 from .config import TransferConfig
-from .errors import ConfigError, DfrepoWarning
+from .errors import ConfigError
 from .locations import AnyLocation, LocalLocation, parse_location, safe_join
 from .objects import RemoteObject
 from .transfer import DownloadRequest, DownloadResult, Downloader, ProgressCallback
@@ -77,7 +76,10 @@ class PullResult:
 
 
 def split_overrides(overrides: Mapping[str, str] | None) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
-    """Split flat overrides into (dragonfly, transfer, pull) settings; warn on unknown keys."""
+    """Split flat overrides into (dragonfly, transfer, pull) settings.
+
+    :raises ConfigError: a key nobody knows (named in the message).
+    """
     from .dragonfly import is_override_key
 
     dragonfly: dict[str, str] = {}
@@ -91,7 +93,10 @@ def split_overrides(overrides: Mapping[str, str] | None) -> tuple[dict[str, str]
         elif is_override_key(key):
             dragonfly[key] = value
         else:
-            warnings.warn(f"dfrepo: ignoring unknown setting {key!r}", DfrepoWarning, stacklevel=3)
+            # A typo in a Triton agent parameter must not be silently ignored.
+            raise ConfigError(f"unknown setting {key!r} (known: Dragonfly keys such as proxy, tag, filter, "
+                              f"header.<Name>; transfer keys such as concurrency, range_size; "
+                              f"{', '.join(sorted(PULL_KEYS))})", source="parameters", key=key)
     return dragonfly, transfer, pull
 
 
