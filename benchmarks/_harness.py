@@ -36,7 +36,14 @@ GiB = 1 << 30
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
-RESULTS = Path(os.environ.get("DFREPO_BENCH_RESULTS", BENCH_DIR / "results"))
+def results_dir() -> Path:
+    """Where results go: ``$DFREPO_BENCH_RESULTS``, else ``benchmarks/results/`` for the full
+    scale and ``benchmarks/results/smoke/`` (git-ignored) for the smoke scale, so a test-suite
+    run never overwrites the published full-size numbers."""
+    if os.environ.get("DFREPO_BENCH_RESULTS"):
+        return Path(os.environ["DFREPO_BENCH_RESULTS"])
+    base = BENCH_DIR / "results"
+    return base if scale_name() == "full" else base / scale_name()
 CLIENT_SCRIPT = BENCH_DIR / "_client.py"
 PYTHON = sys.executable
 
@@ -422,9 +429,9 @@ def client_table(table: dict[str, dict[str, Any]]) -> str:
 
 
 def write_result(scenario: str, payload: dict[str, Any], markdown: str) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    results_dir().mkdir(parents=True, exist_ok=True)
     doc = {"scenario": scenario, "machine": machine(), **payload, "markdown": markdown}
-    path = RESULTS / f"{scenario}.json"
+    path = results_dir() / f"{scenario}.json"
     path.write_text(json.dumps(doc, indent=2, default=str))
     print(f"\n=== {scenario} ===\n{markdown}\n")
     return path
@@ -491,10 +498,10 @@ def line_chart(path: Path, title: str, xs: Sequence[float], series: dict[str, Se
 
 def write_summary() -> Path | None:
     """Collect every ``results/*.json`` into ``SUMMARY.md`` (tables + chart links)."""
-    if not RESULTS.is_dir():
+    if not results_dir().is_dir():
         return None
     docs = []
-    for p in sorted(RESULTS.glob("*.json")):
+    for p in sorted(results_dir().glob("*.json")):
         try:
             docs.append(json.loads(p.read_text()))
         except (OSError, ValueError):
@@ -521,7 +528,7 @@ def write_summary() -> Path | None:
         for chart in d.get("charts", []):
             parts.append(f"![{Path(chart).stem}]({Path(chart).name})")
         parts.append("")
-    out = RESULTS / "SUMMARY.md"
+    out = results_dir() / "SUMMARY.md"
     out.write_text("\n".join(parts))
     return out
 

@@ -101,7 +101,7 @@ def test_fanout(seaweedfs, bench_bucket, bench_scale, tmpfs_dir) -> None:
          "from parent GiB", "aggregate GiB/s", "node peak RSS MB"],
         [[n, r["total_median_s"], r["total_min_s"], r["origin_ratio_median"], r["origin_ratio_max"],
           r["parent_gib_median"], r["aggregate_gibps"], r["node_peak_rss_mb"]] for n, r in rows.items()])
-    chart = H.line_chart(H.RESULTS / "fanout.png", f"P2P fan-out, {H.human(size)} object",
+    chart = H.line_chart(H.results_dir() / "fanout.png", f"P2P fan-out, {H.human(size)} object",
                          list(nodes), {"origin bytes ÷ size": [rows[n]["origin_ratio_median"] for n in nodes],
                                        "total time (median)": [rows[n]["total_median_s"] for n in nodes]},
                          "nodes", {"origin bytes ÷ size": "ratio", "total time (median)": "seconds"})

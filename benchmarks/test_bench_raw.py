@@ -158,7 +158,7 @@ def _large(kind: str, dest_root: Path, large_source, seaweedfs, bench_bucket, be
     md = H.client_table(table)
     if profile:
         md += "\n\n```\n" + profile + "\n```"
-    chart = H.bar_chart(H.RESULTS / f"raw_large_{kind}.png",
+    chart = H.bar_chart(H.results_dir() / f"raw_large_{kind}.png",
                         f"Raw transfer: {H.human(large_source['size'])} → {kind} (GiB/s, median)",
                         list(table), [r["gibps_median"] for r in table.values()], "GiB/s",
                         highlight=[i for i, n in enumerate(table) if n in (REF_HTTP, REF_S3)])
@@ -243,7 +243,7 @@ def test_raw_many(many_source, nginx_origin, seaweedfs, bench_bucket, bench_scal
              "awscrt submits all requests at once")]
     md = H.client_table(table) + "\n\n" + H.markdown_table(
         ["client", "files/s (median)"], [[n, r["files_per_s"]] for n, r in table.items()])
-    chart = H.bar_chart(H.RESULTS / "raw_many.png",
+    chart = H.bar_chart(H.results_dir() / "raw_many.png",
                         f"{many_source['count']} × {H.human(size)} → tmpfs (files/s, median)",
                         list(table), [r["files_per_s"] for r in table.values()], "files/s",
                         annotate=[f"{r['files_per_s']:.0f}" for r in table.values()],

@@ -81,7 +81,7 @@ def test_scaling(nginx_origin, bench_scale, tmpfs_dir) -> None:
         ["size", "wall median s", "wall min s", "GiB/s median", "CPU-s/GiB", "peak RSS MB", "verified"],
         [[k, r["wall_median_s"], r["wall_min_s"], r["gibps_median"], r["cpu_s_per_gib"], r["peak_rss_mb"],
           r["verified"]] for k, r in rows.items()])
-    chart = H.line_chart(H.RESULTS / "scaling.png", "dfrepo compiled: cost vs object size",
+    chart = H.line_chart(H.results_dir() / "scaling.png", "dfrepo compiled: cost vs object size",
                          xs, {"wall time (median)": ys, "peak RSS": rss},
                          "object size (GiB)", {"wall time (median)": "seconds", "peak RSS": "MB"})
     H.write_result("scaling", {"sizes": sizes, "rows": rows, "fit": {"intercept_s": a, "s_per_gib": b, "r2": r2},

@@ -125,7 +125,7 @@ def pytest_collectreport(report: pytest.CollectReport) -> None:
 
 def _results_files() -> list[tuple[str, str]]:
     out = []
-    for path in sorted(glob.glob(str(ROOT / "benchmarks" / "results" / "*.json"))):
+    for path in sorted(glob.glob(str(ROOT / "benchmarks" / "results" / "**" / "*.json"), recursive=True)):
         try:
             with open(path, encoding="utf-8", errors="replace") as fh:
                 out.append((os.path.relpath(path, ROOT), fh.read()))
