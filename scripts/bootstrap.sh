@@ -5,10 +5,10 @@
 # so a rerun on a prepared machine takes a few seconds.
 #
 #   scripts/bootstrap.sh                        # system packages, .venv, azurite, triton
-#   BOOTSTRAP_EXTRAS=bench scripts/bootstrap.sh # also the benchmark extra (and squid, aria2)
+#   BOOTSTRAP_EXTRAS=x scripts/bootstrap.sh     # also the extra "x" (all, test, progress, bench are always in)
 #
 # Environment:
-#   BOOTSTRAP_EXTRAS   comma-separated extras added to "all,test,progress" (e.g. "bench")
+#   BOOTSTRAP_EXTRAS   comma-separated extras added to "all,test,progress,bench"
 #   BOOTSTRAP_FORCE=1  redo the pip install even when nothing changed since the last run
 #   PYTHON             interpreter used to create the venv (default: python3)
 #   BOOTSTRAP_NO_APT=1 never call apt-get (fail later if something is missing)
@@ -23,7 +23,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$REPO/.venv"
 CACHE="$REPO/.cache"
 PYTHON="${PYTHON:-python3}"
-EXTRAS="all,test,progress${BOOTSTRAP_EXTRAS:+,${BOOTSTRAP_EXTRAS}}"
+EXTRAS="all,test,progress,bench${BOOTSTRAP_EXTRAS:+,${BOOTSTRAP_EXTRAS}}"
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
 
 log() { printf '[bootstrap] %s\n' "$*"; }
