@@ -41,9 +41,12 @@ def results_dir() -> Path:
     scale and ``benchmarks/results/smoke/`` (git-ignored) for the smoke scale, so a test-suite
     run never overwrites the published full-size numbers."""
     if os.environ.get("DFREPO_BENCH_RESULTS"):
-        return Path(os.environ["DFREPO_BENCH_RESULTS"])
-    base = BENCH_DIR / "results"
-    return base if scale_name() == "full" else base / scale_name()
+        out = Path(os.environ["DFREPO_BENCH_RESULTS"])
+    else:
+        base = BENCH_DIR / "results"
+        out = base if scale_name() == "full" else base / scale_name()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 CLIENT_SCRIPT = BENCH_DIR / "_client.py"
 PYTHON = sys.executable
 
