@@ -9,7 +9,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from modelfiles import make_model, tree, upload
 
 from dfrepo import errors
 from dfrepo.cache import (
@@ -35,28 +35,10 @@ MiB = 1024 * 1024
 CFG = TransferConfig(range_size=1 * MiB, concurrency=4, fsync=False)
 
 
-def make_model(root: Path, weights: int, seed: int = 1) -> dict[str, bytes]:
-    rnd = random.Random(seed)
-    files = {
-        "config.pbtxt": b'name: "m"\nbackend: "python"\n',
-        "labels.txt": b"cat\ndog\n",
-        "1/model.py": b"# model\n",
-        "1/weights.bin": rnd.randbytes(weights),
-        "2/sub/extra.bin": rnd.randbytes(12345),
-    }
-    for rel, data in files.items():
-        put(root / rel, data)
-    return files
 
 
-def tree(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
-def upload(seaweedfs, bucket: str, prefix: str, files_root: Path) -> None:  # type: ignore[no-untyped-def]
-    from servers.upload import upload_tree_s3
-
-    upload_tree_s3(seaweedfs, bucket, prefix, files_root)
 
 
 def obj(rel: str, data: bytes, version: str | None = "v1", *, source: str | None = None,

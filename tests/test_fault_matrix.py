@@ -36,6 +36,7 @@ from dfrepo.dragonfly import DragonflyConfig
 from dfrepo.objects import RemoteObject
 from dfrepo.repo import pull
 from dfrepo.transfer import download
+from faultservers.fault_proxy import close_pair
 from faultservers import FaultProxy, Knobs
 from faultservers import RangeServer as _RangeServer
 
@@ -504,12 +505,7 @@ class DropReusedProxy(FaultProxy):
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                s.close()
+            close_pair(src, dst)
 
 
 def test_peer_drops_reused_keepalive_connection(impl: str, tmp_path: Path, peer) -> None:  # type: ignore[no-untyped-def]

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import random
 import socket
 from pathlib import Path
 
 import pytest
+from modelfiles import make_model, tree, upload
 
 from dfrepo import errors
 from dfrepo.config import TransferConfig
@@ -19,24 +19,8 @@ pytestmark = pytest.mark.servers
 MiB = 1024 * 1024
 
 
-def make_model(root: Path, weights: int = 3 * MiB + 11, seed: int = 1) -> dict[str, bytes]:
-    rnd = random.Random(seed)
-    files = {
-        "config.pbtxt": b'name: "m"\nbackend: "python"\n',
-        "labels.txt": b"cat\ndog\n",
-        "1/model.py": b"# model\n",
-        "1/weights.bin": rnd.randbytes(weights),
-        "2/sub/extra.bin": rnd.randbytes(12345),
-    }
-    for rel, data in files.items():
-        p = root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(data)
-    return files
 
 
-def tree(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
 @pytest.fixture
@@ -59,10 +43,6 @@ def peer(tmp_path: Path):  # type: ignore[no-untyped-def]
 CFG = TransferConfig(range_size=1 * MiB, concurrency=4, fsync=False)
 
 
-def upload(seaweedfs, bucket: str, prefix: str, files_root: Path) -> None:  # type: ignore[no-untyped-def]
-    from servers.upload import upload_tree_s3
-
-    upload_tree_s3(seaweedfs, bucket, prefix, files_root)
 
 
 def test_pull_direct_byte_exact(seaweedfs, s3env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -79,13 +79,18 @@ class FaultProxy:
         except OSError:
             pass
         finally:
-            # shutdown() wakes the sibling pump blocked in recv(); close() alone would not.
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-                try:
-                    s.close()
-                except OSError:
-                    pass
+            close_pair(src, dst)
+
+
+def close_pair(*socks: socket.socket) -> None:
+    """Shut down and close both ends; shutdown() wakes the sibling pump blocked in recv(),
+    close() alone would not."""
+    for s in socks:
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
+            s.close()
+        except OSError:
+            pass
