@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 # The stand-in Dragonfly peer is a test fixture, not part of the wheel.
@@ -12,3 +15,14 @@ sys.path.insert(0, str(ROOT / "peer"))
 pytest_plugins = ["servers.fixtures"] if (ROOT / "tests" / "servers" / "fixtures.py").exists() else []
 # Fails the run if a known secret or a signature-shaped value appears in captured output.
 pytest_plugins.append("secrets_guard")
+
+
+@pytest.fixture
+def s3env(seaweedfs, tmp_path: Path) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """Environment for pulls from the SeaweedFS fixture: its AWS_* keys, no credential
+    file, and no Dragonfly config (tests pass their own DragonflyConfig)."""
+    env = dict(os.environ)
+    env.update(seaweedfs.triton_env())
+    env.pop("TRITON_CLOUD_CREDENTIAL_PATH", None)
+    env["TRITON_DRAGONFLY_CONFIG_PATH"] = str(tmp_path / "no-such-config.json")
+    return env

@@ -350,13 +350,6 @@ def test_killed_insert_leaves_no_entry(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- pull() with a cache
 
 
-@pytest.fixture
-def s3env(seaweedfs, tmp_path: Path) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    env = dict(os.environ)
-    env.update(seaweedfs.triton_env())
-    env.pop("TRITON_CLOUD_CREDENTIAL_PATH", None)
-    env["TRITON_DRAGONFLY_CONFIG_PATH"] = str(tmp_path / "no-such-config.json")
-    return env
 
 
 def _gets(seaweedfs) -> list[str]:  # type: ignore[no-untyped-def]

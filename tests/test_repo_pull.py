@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 
@@ -23,13 +22,6 @@ MiB = 1024 * 1024
 
 
 
-@pytest.fixture
-def s3env(seaweedfs, tmp_path: Path) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    env = dict(os.environ)
-    env.update(seaweedfs.triton_env())
-    env.pop("TRITON_CLOUD_CREDENTIAL_PATH", None)
-    env["TRITON_DRAGONFLY_CONFIG_PATH"] = str(tmp_path / "no-such-config.json")
-    return env
 
 
 @pytest.fixture
