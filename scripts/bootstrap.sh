@@ -57,6 +57,10 @@ apt_wanted=(
     iproute2:ip util-linux:unshare   # network/mount namespaces for isolated runs
     openssl:openssl ca-certificates: curl:curl
     strace:strace
+    # The real Dragonfly (scripts/build-dragonfly.sh): protoc + well-known protos for the
+    # dragonfly-api crate, libclang for RocksDB's bindgen, C/C++ toolchain for RocksDB/aws-lc.
+    protobuf-compiler:protoc libprotobuf-dev: libclang-dev: pkg-config:pkg-config
+    g++:g++ make:make cmake:cmake time:
 )
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
     apt_wanted+=(python3: python3-venv: python3-dev:)
@@ -180,4 +184,14 @@ if LD_LIBRARY_PATH="$TRITON/lib" ldd "$TRITON/backends/python/triton_python_back
     die "python backend stub has unresolved libraries (is libpython$PYVER installed?)"
 fi
 
-log "done: venv=$VENV triton=$TRITON azurite=$CACHE/npm/node_modules/.bin/azurite-blob"
+# ---------------------------------------------------------------------------------------------
+# 5. The real Dragonfly scheduler + dfdaemon, once per machine, outside the checkout
+# ---------------------------------------------------------------------------------------------
+if ! command -v cargo >/dev/null 2>&1 && [[ ! -x "$HOME/.cargo/bin/cargo" ]]; then
+    die "cargo not found: the real dfdaemon is built from crates.io (install Rust with rustup)"
+fi
+command -v go >/dev/null 2>&1 || [[ -x /usr/local/go/bin/go ]] || die "go not found: the scheduler is built from the Go module proxy"
+log "dragonfly: scripts/build-dragonfly.sh (a fresh machine builds dfdaemon: ~45 min on 2 cores)"
+DRAGONFLY_BIN="$(bash "$REPO/scripts/build-dragonfly.sh")" || die "building the real Dragonfly failed (see the log above)"
+
+log "done: venv=$VENV triton=$TRITON azurite=$CACHE/npm/node_modules/.bin/azurite-blob dragonfly=$DRAGONFLY_BIN"

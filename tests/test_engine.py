@@ -359,3 +359,113 @@ def test_proxy_https_origin_is_forwarded_not_tunnelled(impl: str, tmp_path: Path
         assert {s.headers.get("Host") for s in proxy.seen} == {"bucket-host.example:8443"}
     assert (tmp_path / "out").read_bytes() == data
     assert res.via == "proxy"
+
+
+# ------------------------------------------------------------------ range answers and planning
+
+
+@pytest.mark.parametrize("known", [True, False])
+def test_legacy_200_with_content_range_is_a_range_answer(impl: str, tmp_path: Path, known: bool) -> None:
+    """dfdaemon before v1.3.11 answered P2P ranges with 200 + Content-Range: accepted as a range."""
+    data = data_of(64 * 1024 * 5 + 11)
+    with RangeServer(Knobs(legacy_range_200=True)) as srv:
+        url = srv.put("/obj", data)
+        res = download(url, tmp_path / "out", size=len(data) if known else None, config=small_cfg(),
+                       implementation=impl)
+        assert all(r is not None for r in srv.ranges), "every request was a range request"
+    assert (tmp_path / "out").read_bytes() == data
+    assert res.requests == 5  # 5 ranges of 64 KiB, the 11-byte tail merged into the last one
+
+
+def test_legacy_200_with_wrong_content_range_is_refused(impl: str, tmp_path: Path) -> None:
+    with RangeServer(Knobs(legacy_range_200=True, bad_content_range=True)) as srv:
+        url = srv.put("/obj", data_of(300_000))
+        with pytest.raises(errors.RangeNotSupportedError, match="Content-Range"):
+            download(url, tmp_path / "out", size=300_000, config=small_cfg(), implementation=impl)
+    assert not (tmp_path / "out").exists() and no_temp_files(tmp_path)
+
+
+def test_unknown_size_single_file_uses_every_connection(impl: str, tmp_path: Path) -> None:
+    """The first range is the probe; the rest is queued before its body is copied, so one
+    file of unknown size is fetched with full concurrency (workers sized after planning)."""
+    data = data_of(64 * 1024 * 16)
+    with RangeServer(Knobs(stall_seconds=0.2)) as srv:
+        url = srv.put("/obj", data)
+        res = download(url, tmp_path / "out", config=small_cfg(concurrency=4), implementation=impl)
+        first = srv.ranges[0]
+    assert (tmp_path / "out").read_bytes() == data
+    assert first == f"bytes=0-{64 * 1024 - 1}", "the probe is the first range, not a 1-byte request"
+    assert res.requests == 16
+    assert srv.max_active == 4
+
+
+def test_no_short_tail_range(impl: str, tmp_path: Path) -> None:
+    data = data_of(64 * 1024 * 3 + 1)
+    with RangeServer() as srv:
+        url = srv.put("/obj", data)
+        download(url, tmp_path / "out", size=len(data), config=small_cfg(), implementation=impl)
+        assert srv.ranges[-1] != f"bytes={len(data) - 1}-{len(data) - 1}"
+        assert len(srv.ranges) == 3
+    assert (tmp_path / "out").read_bytes() == data
+
+
+def test_broken_probe_body_resumes_as_a_range(impl: str, tmp_path: Path) -> None:
+    data = data_of(64 * 1024 * 4)
+    with RangeServer(Knobs(truncate_at=10_000, truncate_times=1)) as srv:
+        url = srv.put("/obj", data)
+        res = download(url, tmp_path / "out", config=small_cfg(concurrency=1), implementation=impl)
+        assert srv.ranges[0] == f"bytes=0-{64 * 1024 - 1}"
+        assert f"bytes=10000-{64 * 1024 - 1}" in srv.ranges
+    assert (tmp_path / "out").read_bytes() == data
+    assert res.retries == 1
+
+
+def _peer_cfg(srv: RangeServer, **kw: object) -> object:
+    from dfrepo.dragonfly import DragonflyConfig
+
+    return DragonflyConfig(proxy=f"http://127.0.0.1:{srv.port}", fallback_direct=False, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("known", [True, False])
+def test_through_a_peer_one_get_per_file_by_default(impl: str, tmp_path: Path, known: bool) -> None:
+    """peer_ranges off (the default): one plain GET per file; the daemon fetches pieces in parallel."""
+    data = data_of(9 * MiB + 5)
+    with RangeServer() as srv:
+        url = srv.put("/obj", data)
+        download(url, tmp_path / "out", size=len(data) if known else None, config=small_cfg(),
+                 dragonfly=_peer_cfg(srv), implementation=impl)
+        assert srv.ranges == [None]
+    assert (tmp_path / "out").read_bytes() == data
+
+
+def test_through_a_peer_ranges_are_piece_aligned_and_never_small(impl: str, tmp_path: Path) -> None:
+    """peer_ranges on: ranges on piece boundaries (4 MiB automatic pieces for 17 MiB), none
+    of <= 4 MiB — so two pieces each (one 4 MiB piece is still "small") — and the
+    1 MiB + 5 B tail joins the range before it."""
+    data = data_of(17 * MiB + 5)
+    with RangeServer() as srv:
+        url = srv.put("/obj", data)
+        download(url, tmp_path / "out", size=len(data), config=small_cfg(range_size=1 * MiB),
+                 dragonfly=_peer_cfg(srv, peer_ranges=True), implementation=impl)
+        assert sorted(srv.ranges, key=str) == [f"bytes=0-{8 * MiB - 1}", f"bytes={8 * MiB}-{len(data) - 1}"]
+    assert (tmp_path / "out").read_bytes() == data
+
+
+def test_through_a_peer_small_objects_are_one_plain_get(impl: str, tmp_path: Path) -> None:
+    data = data_of(3 * MiB)
+    with RangeServer() as srv:
+        url = srv.put("/obj", data)
+        download(url, tmp_path / "out", size=len(data), config=small_cfg(range_size=1 * MiB),
+                 dragonfly=_peer_cfg(srv, peer_ranges=True), implementation=impl)
+        assert srv.ranges == [None]
+    assert (tmp_path / "out").read_bytes() == data
+
+
+def test_through_a_peer_whole_get_resumes_with_a_range(impl: str, tmp_path: Path) -> None:
+    data = data_of(6 * MiB)
+    with RangeServer(Knobs(truncate_at=MiB, truncate_times=1)) as srv:
+        url = srv.put("/obj", data)
+        res = download(url, tmp_path / "out", size=len(data), config=small_cfg(),
+                       dragonfly=_peer_cfg(srv), implementation=impl)
+        assert srv.ranges == [None, f"bytes={MiB}-{len(data) - 1}"]
+    assert (tmp_path / "out").read_bytes() == data and res.retries == 1

@@ -14,7 +14,6 @@ import os
 import string
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from urllib.parse import quote
 
 import pytest
@@ -44,7 +43,7 @@ from dfrepo.locations import (
     safe_relpath,
 )
 from dfrepo.repo import pull
-from dfrepo.transfer import DownloadRequest, Downloader, _FileJob
+from dfrepo.rangeplan import SMALL_TO_SOURCE, MiB, auto_piece_length, plan_spans
 
 FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -377,22 +376,46 @@ def test_prop_request_headers(url: str, tag: str | None, filt: tuple[str, ...] |
 
 
 @FAST
-@given(st.integers(0, 1 << 40), st.integers(64 * 1024, 1 << 31))
-def test_prop_plan_covers_exactly_once(size: int, range_size: int) -> None:
+@given(st.integers(0, 1 << 40), st.integers(64 * 1024, 1 << 31), st.booleans(), st.booleans(),
+       st.sampled_from([None, 4 * MiB, 8 * MiB, 64 * MiB]))
+def test_prop_plan_covers_exactly_once(size: int, range_size: int, via_peer: bool, peer_ranges: bool,
+                                       piece_length: int | None) -> None:
     assume(size // range_size < 20_000)  # keep each example cheap
-    cfg = TransferConfig(range_size=range_size, preallocate=False)
-    job = _FileJob(DownloadRequest(url="http://127.0.0.1:1/x", dest=Path("/nonexistent/x"), size=size), {})
-    plan = Downloader._plan(SimpleNamespace(config=cfg), job)  # type: ignore[arg-type]
+    plan = plan_spans(size, range_size=range_size, via_peer=via_peer, peer_ranges=peer_ranges,
+                      piece_length=piece_length)
     if size == 0:
-        assert [(s, e) for _, s, e in plan] == [(0, -1)]
+        assert plan == [(0, -1, False)]
         return
     pos = 0
-    for j, start, end in plan:
-        assert j is job
-        assert start == pos, "ranges must be contiguous and ordered"
-        assert start <= end and end - start + 1 <= range_size
-        pos = end + 1
+    for span in plan:
+        assert span.start == pos, "ranges must be contiguous and ordered"
+        assert span.start <= span.end
+        pos = span.end + 1
     assert pos == size
+    if not via_peer:
+        # no short tail: every range but a lone one is at least half a range long
+        assert len(plan) == 1 or all(s.length >= range_size // 2 for s in plan)
+        assert all(s.length < 2 * range_size for s in plan)
+        return
+    if size <= SMALL_TO_SOURCE or not peer_ranges:
+        assert plan == [(0, size - 1, False)], "small objects and whole-file mode: one plain GET"
+        return
+    unit = piece_length or auto_piece_length(size)
+    for span in plan:
+        assert span.ranged
+        assert span.length > SMALL_TO_SOURCE, "a range of <= 4 MiB would skip P2P on a real dfdaemon"
+        assert span.start % unit == 0, "ranges start on piece boundaries"
+
+
+@FAST
+@given(st.integers(SMALL_TO_SOURCE + 1, 1 << 38), st.integers(64 * 1024, 1 << 30), st.integers(1, 1 << 26))
+def test_prop_plan_after_probe_covers_the_rest(size: int, range_size: int, offset: int) -> None:
+    assume(offset < size and size // range_size < 20_000)
+    plan = plan_spans(size, range_size=range_size, via_peer=True, offset=offset)
+    assert plan[0].start == offset and plan[-1].end == size - 1
+    assert all(a.end + 1 == b.start for a, b in zip(plan, plan[1:]))
+    assert all(s.ranged for s in plan)
+    assert len(plan) == 1 or all(s.length > SMALL_TO_SOURCE for s in plan)
 
 
 # =============================================================== property-based: task IDs

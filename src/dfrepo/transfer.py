@@ -33,6 +33,7 @@ from . import _core
 from ._http import RETRYABLE_EXCEPTIONS, Transport
 from ._version import __version__
 from .config import TransferConfig
+from .rangeplan import Span, plan_spans
 from .errors import (
     ChecksumMismatchError,
     DfrepoError,
@@ -191,18 +192,21 @@ class Downloader:
             return []
         known = sum(j.size or 0 for j in jobs)
         state = _BatchState(progress, known if all(j.size is not None for j in jobs) else 0)
-        tasks: collections.deque[tuple[_FileJob, int, int] | tuple[_FileJob, None, None]] = collections.deque()
+        tasks: collections.deque[_Task] = collections.deque()
         try:
             for job in jobs:
                 job.open_temp()
-                planned = [(job, None, None)] if job.size is None else self._plan(job)
+                planned: list[_Task] = [(job, None)] if job.size is None else self._plan(job)
                 job.pending = len(planned)
                 tasks.extend(planned)
         except BaseException:
             for job in jobs:
                 job.discard()
             raise
-        workers = min(self.config.concurrency, max(1, len(tasks)))
+        # Sized after planning: a file of unknown size is one probe task now, but its probe
+        # plans the rest as soon as the size is known, and those ranges need workers then.
+        unknown = any(job.size is None for job in jobs)
+        workers = self.config.concurrency if unknown else min(self.config.concurrency, max(1, len(tasks)))
         sched = _Scheduler(tasks)
         threads = [
             threading.Thread(target=self._worker, args=(sched, state), name=f"dfrepo-{i}", daemon=True)
@@ -234,8 +238,12 @@ class Downloader:
             headers.update(request_headers(self.dragonfly, req.url, version=version))  # type: ignore[arg-type]
         return headers
 
-    def _plan(self, job: _FileJob) -> list[tuple[_FileJob, int, int]]:
-        """Split the file into range tasks; an empty file is one task with end -1."""
+    @property
+    def _via_peer(self) -> bool:
+        """Requests go through a Dragonfly peer right now (not fallen back to direct)."""
+        return self.dragonfly is not None and self.transport.via == "proxy"
+
+    def _preallocate(self, job: _FileJob) -> None:
         size = job.size or 0
         if self.config.preallocate and size > 0 and _filesystem_type(os.fstat(job.fd).st_dev) not in _NO_PREALLOC:
             try:
@@ -243,22 +251,30 @@ class Downloader:
             except OSError as exc:
                 if exc.errno not in (95, 22):  # EOPNOTSUPP, EINVAL: filesystem cannot; fine
                     raise
-        step = self.config.range_size
-        ranges = [(job, s, min(s + step, size) - 1) for s in range(0, size, step)]
-        return ranges or [(job, 0, -1)]
+
+    def _plan(self, job: _FileJob, offset: int = 0) -> list[_Task]:
+        """Split the file into request tasks (:func:`dfrepo.rangeplan.plan_spans`); an
+        empty file is one task ``(0, -1)`` that fetches nothing."""
+        size = job.size or 0
+        if offset == 0:
+            self._preallocate(job)
+        spans = plan_spans(size, range_size=self.config.range_size, via_peer=self._via_peer,
+                           peer_ranges=bool(getattr(self.dragonfly, "peer_ranges", False)),
+                           piece_length=getattr(self.dragonfly, "piece_length", None), offset=offset)
+        return [(job, span) for span in spans]
 
     # -- worker ---------------------------------------------------------------------------
 
     def _worker(self, sched: _Scheduler, state: _BatchState) -> None:
         buf = bytearray(self.config.buffer_size)
         while (task := sched.next()) is not None:
-            job, start, end = task
+            job, span = task
             try:
                 if job.error is None:
-                    if start is None:
+                    if span is None:
                         self._probe(job, sched, state, buf)
-                    elif end is not None and end >= 0:
-                        self._fetch_range(job, start, end, buf, state)
+                    elif span.end >= 0:
+                        self._fetch_span(job, span, buf, state)
             except BaseException as exc:  # noqa: BLE001 - handed to the caller
                 job.error = _as_dfrepo_error(exc, job.req.url)
                 sched.fail(job.error)
@@ -270,45 +286,50 @@ class Downloader:
                     sched.fail(job.error)
 
     def _probe(self, job: _FileJob, sched: _Scheduler, state: _BatchState, buf: bytearray) -> None:
-        """Learn size and ETag with ``Range: bytes=0-0`` (HEAD is not routed P2P by
-        Dragonfly and presigned URLs are method-bound). A server that ignores ranges
-        answers 200: then that response's body is the download."""
+        """Fetch a file of unknown size: the first request tells the size.
+
+        Through a peer with ``peer_ranges`` off, one plain GET streams the whole file (a
+        ``Range`` of ≤ 4 MiB would not even go P2P). Otherwise the first range of
+        ``range_size`` bytes is the probe: its ``Content-Range`` gives the size, the other
+        ranges are queued for the idle workers *before* this one copies its own body, so
+        the file is fetched with full concurrency from the first round trip on. HEAD is
+        not used: Dragonfly never routes it P2P and presigned URLs are method-bound. A
+        server that ignores ``Range`` answers 200: that body is the download.
+        """
         url = job.req.url
+        whole = self._via_peer and not bool(getattr(self.dragonfly, "peer_ranges", False))
+        first = self.config.range_size
         attempt = 0
         while True:
             job.requests += 1
             resp = None
             try:
-                resp = self.transport.request(url, {**job.headers, "Range": "bytes=0-0"})
+                headers = dict(job.headers) if whole else {**job.headers, "Range": f"bytes=0-{first - 1}"}
+                resp = self.transport.request(url, headers)
                 self._note_peer(job, resp)
-                if resp.status == 206:
-                    m = _CONTENT_RANGE.match(resp.headers.get("Content-Range", ""))
-                    body = resp.read()
-                    resp.release_conn()
-                    if not m or m.group(1) != "0" or m.group(2) != "0":
+                answer = None if whole else self._range_answer(resp, url)
+                if answer is not None:
+                    start, end, total = answer
+                    if start != 0 or total is None or end != min(first, total) - 1:
                         raise RangeNotSupportedError(
-                            f"bad Content-Range {resp.headers.get('Content-Range')!r} for the size probe",
+                            f"bad Content-Range {resp.headers.get('Content-Range')!r} for the first range",
                             url=url)
-                    if m.group(3) == "*":
-                        raise RangeNotSupportedError("server does not report the object size", url=url)
+                    self._check_encoding(resp, url)
+                    self._check_length(resp, end + 1, url, (0, end))
                     self._check_etag(job, resp)
-                    job.size = int(m.group(3))
+                    job.size = total
                     job.etag = job.etag or normalize_etag(resp.headers.get("ETag"))
-                    state.add_total(job.size)
-                    if job.size == 1:
-                        os.pwrite(job.fd, body[:1], 0)
-                        state.advance(1)
-                        self._finish(job, state)
-                        return
-                    sched.push(job, self._plan(job))
-                    return
+                    state.add_total(total)
+                    self._preallocate(job)
+                    sched.push(job, self._plan(job, offset=end + 1))
+                    break
                 if resp.status == 200:
                     self._whole_body(job, resp, state, buf)
                     return
                 peer_range_error = (resp.status == 500 and attempt == 0
                                     and resp.headers.get("X-Dragonfly-Error-Type") == "dfdaemon")
-                if resp.status == 416 or peer_range_error:
-                    # Zero-byte objects cannot satisfy bytes=0-0 (the origin says 416, a
+                if not whole and (resp.status == 416 or peer_range_error):
+                    # Zero-byte objects cannot satisfy a range (the origin says 416, a
                     # Dragonfly peer a 500 "dfdaemon" range error): fetch without Range.
                     resp.drain_conn()
                     resp.release_conn()
@@ -329,10 +350,22 @@ class Downloader:
             attempt += 1
             job.retries += 1
             self._sleep(attempt, resp)
+        # The probe's own body: a connection that breaks here resumes as an ordinary range.
+        cursor = _Cursor()
+        try:
+            self._copy_body(resp, job.fd, 0, end + 1, buf, cursor, state.advance, self._mode, url, (0, end))
+            resp.release_conn()
+        except BaseException as exc:
+            self._close(resp)
+            if not (isinstance(exc, RETRYABLE_EXCEPTIONS) or self._retryable(exc)):
+                raise
+            job.retries += 1
+            self._fetch_span(job, Span(cursor.written, end, True), buf, state)
 
     def _whole_body(self, job: _FileJob, resp: urllib3.BaseHTTPResponse, state: _BatchState,
                     buf: bytearray) -> None:
-        """The server ignored Range: stream the 200 body once, single connection."""
+        """A plain 200 answer of unknown length (no Range sent, or the server ignored it):
+        stream the body once on this connection."""
         self._check_encoding(resp, job.req.url)
         self._check_etag(job, resp)
         length_header = resp.headers.get("Content-Length")
@@ -350,21 +383,27 @@ class Downloader:
         job.size = done
         self._finish(job, state)
 
-    def _fetch_range(self, job: _FileJob, start: int, end: int, buf: bytearray, state: _BatchState) -> None:
+    def _fetch_span(self, job: _FileJob, span: Span, buf: bytearray, state: _BatchState) -> None:
+        """Fetch one planned span; a retry resumes from the last byte written (as a range)."""
         url = job.req.url
+        start, end = span.start, span.end
         pos = start
         attempt = 0
         while True:
             cursor = _Cursor()
             resp = None
-            headers = {**job.headers, "Range": f"bytes={pos}-{end}"}
+            ranged = span.ranged or pos > start
+            headers = {**job.headers, "Range": f"bytes={pos}-{end}"} if ranged else dict(job.headers)
             if job.etag:
                 headers["If-Match"] = f'"{job.etag}"'
             job.requests += 1
             try:
                 resp = self.transport.request(url, headers)
                 self._note_peer(job, resp)
-                self._check_range(job, resp, pos, end)
+                if ranged:
+                    self._check_range(job, resp, pos, end)
+                else:
+                    self._check_whole(job, resp)
                 self._copy_body(resp, job.fd, pos, end - pos + 1, buf, cursor, state.advance,
                                 self._mode, url, (pos, end))
                 resp.release_conn()
@@ -386,30 +425,59 @@ class Downloader:
 
     # -- checks -----------------------------------------------------------------------------
 
+    def _range_answer(self, resp: urllib3.BaseHTTPResponse, url: str) -> tuple[int, int, int | None] | None:
+        """``(start, end, total or None)`` when *resp* answers a range: a 206, or a 200 that
+        carries ``Content-Range`` — what dfdaemon before v1.3.11 sent for P2P ranges. None
+        for any other status (a 200 without ``Content-Range`` ignored the range)."""
+        got = resp.headers.get("Content-Range")
+        if resp.status != 206 and not (resp.status == 200 and got):
+            return None
+        m = _CONTENT_RANGE.match(got or "")
+        if not m:
+            raise RangeNotSupportedError(f"unparsable Content-Range {got!r} in a range answer", url=url)
+        return int(m.group(1)), int(m.group(2)), None if m.group(3) == "*" else int(m.group(3))
+
     def _check_range(self, job: _FileJob, resp: urllib3.BaseHTTPResponse, start: int, end: int) -> None:
         url = job.req.url
         if resp.status == 412:
             raise SourceChangedError("object changed during download (If-Match failed)", url=url,
                                      byte_range=(start, end))
-        if resp.status == 200:
+        if resp.status not in (200, 206):
+            raise self._status_error(resp, url, (start, end))
+        answer = self._range_answer(resp, url)
+        if answer is None:
             raise RangeNotSupportedError("server ignored the Range header (200 instead of 206)", url=url,
                                          byte_range=(start, end))
-        if resp.status != 206:
-            raise self._status_error(resp, url, (start, end))
         self._check_encoding(resp, url)
-        got = resp.headers.get("Content-Range", "")
-        m = _CONTENT_RANGE.match(got)
-        expected_total = str(job.size)
-        if not m or int(m.group(1)) != start or int(m.group(2)) != end or m.group(3) != expected_total:
+        if answer != (start, end, job.size):
             raise RangeNotSupportedError(
-                f"Content-Range {got!r} does not match the request bytes {start}-{end}/{job.size}",
-                url=url, byte_range=(start, end))
-        length = resp.headers.get("Content-Length")
-        if length is not None and int(length) != end - start + 1:
-            raise RangeNotSupportedError(
-                f"Content-Length {length} does not match the range length {end - start + 1}",
-                url=url, byte_range=(start, end))
+                f"Content-Range {resp.headers.get('Content-Range')!r} does not match the request "
+                f"bytes {start}-{end}/{job.size}", url=url, byte_range=(start, end))
+        self._check_length(resp, end - start + 1, url, (start, end))
         self._check_etag(job, resp)
+
+    def _check_whole(self, job: _FileJob, resp: urllib3.BaseHTTPResponse) -> None:
+        """A plain GET of a file whose size is known (a small object, or one GET per file
+        through the peer): 200 with exactly that many bytes."""
+        url = job.req.url
+        size = job.size or 0
+        if resp.status == 412:
+            raise SourceChangedError("object changed during download (If-Match failed)", url=url)
+        if resp.status != 200:
+            raise self._status_error(resp, url, (0, size - 1))
+        self._check_encoding(resp, url)
+        length = resp.headers.get("Content-Length")
+        if length is not None and int(length) != size:
+            raise SourceChangedError(
+                f"object is {length} bytes now, the listing said {size}", url=url)
+        self._check_etag(job, resp)
+
+    @staticmethod
+    def _check_length(resp: urllib3.BaseHTTPResponse, want: int, url: str, rng: tuple[int, int]) -> None:
+        length = resp.headers.get("Content-Length")
+        if length is not None and int(length) != want:
+            raise RangeNotSupportedError(
+                f"Content-Length {length} does not match the range length {want}", url=url, byte_range=rng)
 
     def _check_etag(self, job: _FileJob, resp: urllib3.BaseHTTPResponse) -> None:
         got = normalize_etag(resp.headers.get("ETag"))
@@ -511,16 +579,20 @@ class Downloader:
         )
 
 
+_Task = tuple["_FileJob", "Span | None"]
+"""One unit of work: a planned span of a file, or None = probe the file (size unknown)."""
+
+
 class _Scheduler:
     """A work queue that running tasks can extend, with fail-fast cancellation."""
 
-    def __init__(self, tasks: collections.deque) -> None:  # type: ignore[type-arg]
+    def __init__(self, tasks: collections.deque[_Task]) -> None:
         self._tasks = tasks
         self._cond = threading.Condition()
         self._active = 0
         self.error: BaseException | None = None
 
-    def next(self) -> tuple[_FileJob, int | None, int | None] | None:
+    def next(self) -> _Task | None:
         with self._cond:
             while True:
                 if self.error is None and self._tasks:
@@ -530,7 +602,7 @@ class _Scheduler:
                     return None
                 self._cond.wait()
 
-    def push(self, job: _FileJob, tasks: list[tuple[_FileJob, int, int]]) -> None:
+    def push(self, job: _FileJob, tasks: list[_Task]) -> None:
         with self._cond:
             job.pending += len(tasks)
             self._tasks.extend(tasks)

@@ -36,6 +36,7 @@ class Knobs:
     chunked: bool = False               # no Content-Length, chunked transfer encoding
     error_doc_200: bool = False         # 200 with an XML error document
     range_416_for_empty: bool = True    # S3-like 416 for bytes=0-0 on an empty object
+    legacy_range_200: bool = False      # 200 + Content-Range for ranges (dfdaemon < v1.3.11)
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -75,6 +76,11 @@ class RangeServer:
         self._gets = 0
         self._truncated = 0
         self._stalled = 0
+        self._active = 0
+        #: Most GETs that were being answered at the same time.
+        self.max_active = 0
+        #: ``Range`` header of every GET (None = no Range), in arrival order.
+        self.ranges: list[str | None] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -87,7 +93,15 @@ class RangeServer:
                 outer._handle(self, head=True)
 
             def do_GET(self) -> None:
-                outer._handle(self, head=False)
+                with outer._lock:
+                    outer._active += 1
+                    outer.max_active = max(outer.max_active, outer._active)
+                    outer.ranges.append(self.headers.get("Range"))
+                try:
+                    outer._handle(self, head=False)
+                finally:
+                    with outer._lock:
+                        outer._active -= 1
 
         self._httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self.port = self._httpd.server_address[1]
@@ -172,10 +186,14 @@ class RangeServer:
                 return
             status = 206
         body = memoryview(data)[start : end + 1]
-        h.send_response(status)
+        if status == 206 and k.legacy_range_200:
+            status = 200  # the Content-Range below still says which bytes these are
+            h.send_response(200)
+        else:
+            h.send_response(status)
         h.send_header("ETag", f'"{obj.etag}"')
         h.send_header("Accept-Ranges", "bytes")
-        if status == 206:
+        if status == 206 or (k.legacy_range_200 and rng and not k.ignore_range):
             shown_end = end + 1 if k.bad_content_range else end
             h.send_header("Content-Range", f"bytes {start}-{shown_end}/{size}")
         if k.chunked and not head:

@@ -89,6 +89,7 @@ _FILE_KEYS = (
     "fallback_direct",
     "version_in_task_id",
     "filter_dialects",
+    "peer_ranges",
 )
 #: Override keys (besides ``header.<Name>``); ``fallback`` is short for ``fallback_direct``.
 OVERRIDE_KEYS = frozenset(_FILE_KEYS) - {"header"} | {"fallback", "headers"}
@@ -290,6 +291,7 @@ _PARSERS = {
     "fallback_direct": _bool,
     "version_in_task_id": _bool,
     "filter_dialects": _dialects,
+    "peer_ranges": _bool,
 }
 
 
@@ -319,6 +321,9 @@ class DragonflyConfig:
     :param fallback_direct: if the proxy cannot be reached, download from the origin.
     :param version_in_task_id: fold the object's version (ETag/generation) into the tag.
     :param filter_dialects: which filter headers to send, from ``("rust", "go")``.
+    :param peer_ranges: through the peer, fetch a file as piece-aligned range GETs of
+        > 4 MiB (True) or as one GET (False; dfdaemon fetches the pieces in parallel itself
+        and the scheduler sees one peer per file per node). See :mod:`dfrepo.rangeplan`.
     """
 
     proxy: str | None = None
@@ -332,6 +337,7 @@ class DragonflyConfig:
     fallback_direct: bool = True
     version_in_task_id: bool = True
     filter_dialects: tuple[str, ...] = FILTER_DIALECTS
+    peer_ranges: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -368,7 +374,7 @@ class DragonflyConfig:
             f"filter={self.filter!r}, tag={self.tag!r}, application={self.application!r}, "
             f"priority={self.priority!r}, piece_length={self.piece_length!r}, use_p2p={self.use_p2p!r}, "
             f"fallback_direct={self.fallback_direct!r}, version_in_task_id={self.version_in_task_id!r}, "
-            f"filter_dialects={self.filter_dialects!r})"
+            f"filter_dialects={self.filter_dialects!r}, peer_ranges={self.peer_ranges!r})"
         )
 
 
@@ -488,7 +494,7 @@ def load_dragonfly_config(
         ``proxy`` (``""`` = direct), ``tag``, ``application``, ``priority``,
         ``piece_length`` (bytes or ``8MiB``), ``filter`` (comma- or ``&``-separated),
         ``fallback``/``fallback_direct``, ``use_p2p``, ``version_in_task_id``,
-        ``filter_dialects``, ``header.<Name>`` (one header), ``headers`` (a mapping).
+        ``filter_dialects``, ``peer_ranges``, ``header.<Name>`` (one header), ``headers`` (a mapping).
         Strings are parsed (``"true"``, ``"3"``); unknown keys raise (use
         :func:`is_override_key` to pick them out of a larger parameter set).
     :param required: raise instead of using defaults when the file does not exist.
