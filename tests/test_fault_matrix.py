@@ -512,11 +512,13 @@ def test_peer_drops_reused_keepalive_connection(impl: str, tmp_path: Path, peer)
     """Regression: urllib3 reports this as ProxyError(RemoteDisconnected); it used to end
     the download as a bare TransferError("download failed: ProxyError"). It is a broken
     connection like any other and must be retried (through the proxy, no fallback)."""
-    data = data_of(3 * MiB)
+    # Piece-aligned ranges of > 4 MiB through the peer (8 MiB here): 8 requests on 2
+    # connections, so connections are reused often enough for three drops.
+    data = data_of(64 * MiB)
     with RangeServer() as srv, DropReusedProxy(peer.port, drops=3) as fp:
         url = srv.put("/obj", data)
-        df = DragonflyConfig(proxy=f"http://127.0.0.1:{fp.port}", fallback_direct=False)
-        res = download(url, tmp_path / "out", size=len(data), config=cfg(range_size=256 * 1024, concurrency=2),
+        df = DragonflyConfig(proxy=f"http://127.0.0.1:{fp.port}", fallback_direct=False, peer_ranges=True)
+        res = download(url, tmp_path / "out", size=len(data), config=cfg(range_size=8 * MiB, concurrency=2),
                        dragonfly=df, implementation=impl)
         assert fp.drops_left == 0
     assert (tmp_path / "out").read_bytes() == data

@@ -26,7 +26,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dfpeer import PeerProcess, StandinPeer
+from dfpeer import DIRECT_SOURCE_THRESHOLD, PeerProcess, StandinPeer
 from dfpeer.server import parse_range
 from dfpeer.taskid import (
     DEFAULT_FILTERED_QUERY_PARAMS,
@@ -184,6 +184,11 @@ def test_piece_length_rules() -> None:
     for size, piece_mib in table.items():
         assert auto_piece_length(size) == piece_mib * MiB
     assert auto_piece_length(0) == 4 * MiB
+    # Upstream piece.rs: next_power_of_two(len / 500), > MIN and < MAX kept, else clamped.
+    assert auto_piece_length(500 * 4 * MiB) == 4 * MiB  # exactly 4 MiB per piece
+    assert auto_piece_length(500 * (4 * MiB + 1)) == 8 * MiB
+    assert auto_piece_length(500 * 64 * MiB) == 64 * MiB
+    assert auto_piece_length(500 * 64 * MiB + 500) == 64 * MiB
 
 
 def test_parse_range() -> None:
@@ -328,10 +333,12 @@ def test_range_get_returns_206_and_fetches_only_covering_pieces(origin: RangeOri
     assert reply.headers["Content-Range"] == f"bytes {start}-{end}/{len(data)}"
     assert reply.headers["Content-Length"] == "1000"
     assert piece_gets(origin, path) == ["bytes=8388608-12582911"]  # piece 2 only, piece-aligned
-    # Suffix range on the same task, spanning two pieces.
+    assert peer.stats()["direct_small"] == 1  # a 1000-byte range: the <= 4 MiB shortcut, still piece-aligned
+    # Suffix range on the same task, spanning two pieces (> 4 MiB: the normal path).
     reply = call(peer.port, "GET", origin.url_for(path), {"Range": "bytes=-5242881"})
     assert reply.status == 206
     assert reply.body == data[-5242881:]
+    assert peer.stats()["direct_small"] == 1
 
 
 def test_invalid_range_is_500_dfdaemon_with_empty_body(origin: RangeOrigin, peer: StandinPeer) -> None:
@@ -534,6 +541,188 @@ def test_parent_failure_falls_back_to_origin(origin: RangeOrigin, tmp_path: Path
         assert stats["parent_failures"] == 2
         assert stats["origin_bytes"] == len(data)
         assert stats["parent_bytes"] == 0
+
+
+# --------------------------------------------------------------------------- <= 4 MiB straight to the origin (v1.4.2+)
+#
+# dragonflyoss/client dragonfly-client/src/resource/task.rs `Task::download` (since v1.4.2, still in
+# 1.5.x): after the locally stored pieces are served, `!disable_back_to_source && (range.length <=
+# MIN_PIECE_LENGTH || content_length <= MIN_PIECE_LENGTH)` sends the missing pieces to
+# `download_partial_from_source`, skipping the scheduler.  The task is still created by the
+# bytes=0-0 stat, the response is the normal one (task ID, 206 for a range), and the pieces are
+# stored, so the same peer serves them locally next time; but no peer ever gets them from
+# another peer: every peer fetches them from the origin.
+
+
+def _seeded(origin: RangeOrigin, path: str, data: bytes, seed_peer: StandinPeer) -> str:
+    """Put *data* at *path* and let *seed_peer* (the parent) cache all of it; returns the task ID."""
+    origin.put(path, data)
+    reply = call(seed_peer.port, "GET", origin.url_for(path, PRESIGN_A))
+    assert reply.status == 200 and reply.body == data
+    return reply.headers["X-Dragonfly-Task-ID"]
+
+
+def test_range_of_4mib_goes_to_the_origin_on_every_peer_and_4mib_plus_1_goes_p2p(
+    origin: RangeOrigin, tmp_path: Path
+) -> None:
+    assert DIRECT_SOURCE_THRESHOLD == 4 * MiB
+    data = blob(20 * MiB, seed=30)
+    path = "/models/small/range.bin"
+    url = origin.url_for(path, PRESIGN_B)
+    four = {"Range": f"bytes={8 * MiB}-{12 * MiB - 1}"}  # exactly 4 MiB: piece 2
+    with StandinPeer(tmp_path / "seed", rules=RULES) as seed_peer:
+        tid = _seeded(origin, path, data, seed_peer)
+        for name in ("b", "c"):  # each peer goes to the origin, although the parent has the piece
+            with StandinPeer(tmp_path / name, parent=seed_peer.url, rules=RULES) as child:
+                before = len(origin.requests_for(path))
+                reply = call(child.port, "GET", url, four)
+                assert reply.status == 206 and reply.body == data[8 * MiB:12 * MiB]
+                assert reply.headers["Content-Range"] == f"bytes {8 * MiB}-{12 * MiB - 1}/{len(data)}"
+                assert reply.headers["X-Dragonfly-Task-ID"] == tid  # still a task, same ID
+                # The stat first (this peer lacks the task), then the piece from the origin.
+                assert [r.range for r in origin.requests_for(path)[before:]] == ["bytes=0-0", "bytes=8388608-12582911"]
+                stats = child.stats()
+                assert (stats["direct_small"], stats["parent_requests"], stats["origin_bytes"]) == (1, 0, 4 * MiB)
+                assert stats["traffic"]["REMOTE_PEER"] == 0
+                # The piece was stored: the same range on the same peer is served locally.
+                again = call(child.port, "GET", url, four)
+                assert again.body == reply.body
+                assert len(origin.requests_for(path)) == before + 2
+                # 4 MiB + 1 byte is a P2P range: piece 2 is local, piece 3 comes from the parent.
+                plus = call(child.port, "GET", url, {"Range": f"bytes={8 * MiB}-{12 * MiB}"})
+                assert plus.status == 206 and plus.body == data[8 * MiB:12 * MiB + 1]
+                stats = child.stats()
+                assert (stats["direct_small"], stats["parent_requests"], stats["parent_bytes"]) == (1, 1, 4 * MiB)
+                assert len(origin.requests_for(path)) == before + 2
+        # The children's piece requests to the parent are uploads, not small proxy requests.
+        assert seed_peer.stats()["direct_small"] == 0
+
+
+def test_object_of_3mib_fetched_whole_by_two_peers_hits_the_origin_twice(origin: RangeOrigin, tmp_path: Path) -> None:
+    data = blob(3 * MiB, seed=31)
+    path = "/models/small/config-and-vocab.bin"
+    with StandinPeer(tmp_path / "seed", rules=RULES) as seed_peer, \
+            StandinPeer(tmp_path / "child", parent=seed_peer.url, rules=RULES) as child:
+        tid = _seeded(origin, path, data, seed_peer)
+        reply = call(child.port, "GET", origin.url_for(path, PRESIGN_B))
+        assert reply.status == 200 and reply.body == data
+        assert "Content-Range" not in reply.headers
+        assert reply.headers["Content-Length"] == str(len(data))
+        assert reply.headers["X-Dragonfly-Task-ID"] == tid
+        assert reply.headers.get("X-Dragonfly-Task-Download-Finished") is None
+        whole = f"bytes=0-{len(data) - 1}"
+        assert [r.range for r in origin.requests_for(path)] == ["bytes=0-0", whole, "bytes=0-0", whole]
+        stats = child.stats()
+        assert (stats["direct_small"], stats["parent_requests"]) == (1, 0)
+        assert stats["traffic"] == {"BACK_TO_SOURCE": len(data), "REMOTE_PEER": 0, "LOCAL_PEER": 0}
+        assert seed_peer.stats()["direct_small"] == 1  # the seed's own first fetch was small too
+        # Same peer again: a local hit (the pieces were stored), no origin contact at all.
+        again = call(child.port, "GET", origin.url_for(path, PRESIGN_B))
+        assert again.body == data and again.headers["X-Dragonfly-Task-Download-Finished"] == "true"
+        assert len(origin.requests_for(path)) == 4
+        assert child.stats()["direct_small"] == 1
+
+
+@pytest.mark.parametrize(("size", "range_header", "direct"), [
+    (4 * MiB, None, True),  # object exactly 4 MiB
+    (4 * MiB + 1, None, False),  # two pieces, whole object: P2P
+    (4 * MiB + 1, "bytes=0-", False),  # the range is the whole 4 MiB + 1 object
+    (4 * MiB + 1, "bytes=1-", True),  # 4 MiB exactly, spanning both pieces
+    (20 * MiB, f"bytes={16 * MiB}-999999999", True),  # clamped to exactly 4 MiB
+    (20 * MiB, f"bytes=-{4 * MiB}", True),  # suffix of exactly 4 MiB
+    (20 * MiB, f"bytes=-{4 * MiB + 1}", False),
+    (20 * MiB, "bytes=5-4", None),  # invalid: 500 dfdaemon, nothing fetched
+])
+def test_direct_source_threshold_is_inclusive(
+    origin: RangeOrigin, tmp_path: Path, size: int, range_header: str | None, direct: bool | None
+) -> None:
+    data = blob(size, seed=32)
+    path = f"/models/small/edge-{size}.bin"
+    headers = {} if range_header is None else {"Range": range_header}
+    with StandinPeer(tmp_path / "seed", rules=RULES) as seed_peer, \
+            StandinPeer(tmp_path / "child", parent=seed_peer.url, rules=RULES) as child:
+        _seeded(origin, path, data, seed_peer)
+        reply = call(child.port, "GET", origin.url_for(path), headers)
+        stats = child.stats()
+        if direct is None:
+            assert (reply.status, reply.headers["X-Dragonfly-Error-Type"]) == (500, "dfdaemon")
+            assert (stats["direct_small"], stats["origin_bytes"], stats["parent_bytes"]) == (0, 0, 0)
+            return
+        start, end = parse_range(range_header, size) if range_header else (0, size - 1)
+        assert reply.status == (206 if range_header else 200)
+        assert reply.body == data[start:end + 1]
+        assert stats["direct_small"] == int(direct)
+        if direct:
+            assert stats["parent_requests"] == 0 and stats["origin_bytes"] > 0
+        else:
+            assert stats["origin_bytes"] == 0 and stats["parent_bytes"] > 0
+
+
+def test_small_to_source_off_restores_the_old_daemon_behaviour(origin: RangeOrigin, tmp_path: Path) -> None:
+    small, big = blob(3 * MiB, seed=33), blob(20 * MiB, seed=34)
+    with StandinPeer(tmp_path / "seed", rules=RULES) as seed_peer, \
+            StandinPeer(tmp_path / "old", parent=seed_peer.url, rules=RULES, small_to_source=False) as old:
+        _seeded(origin, "/models/small/old-small.bin", small, seed_peer)
+        _seeded(origin, "/models/small/old-big.bin", big, seed_peer)
+        assert call(old.port, "GET", origin.url_for("/models/small/old-small.bin")).body == small
+        ranged = call(old.port, "GET", origin.url_for("/models/small/old-big.bin"), {"Range": "bytes=10-1009"})
+        assert ranged.status == 206 and ranged.body == big[10:1010]
+        stats = old.stats()
+        assert stats["direct_small"] == 0
+        assert stats["origin_bytes"] == 0  # only the two stats went to the origin
+        assert stats["stat_requests"] == 2
+        assert stats["parent_bytes"] == len(small) + 4 * MiB
+
+
+def test_disable_back_to_source_never_takes_the_small_shortcut(origin: RangeOrigin, tmp_path: Path) -> None:
+    data = blob(3 * MiB, seed=35)
+    path = "/models/small/no-b2s.bin"
+    with StandinPeer(tmp_path / "seed", rules=RULES) as seed_peer, \
+            StandinPeer(tmp_path / "child", parent=seed_peer.url, rules=RULES, disable_back_to_source=True) as child:
+        _seeded(origin, path, data, seed_peer)
+        assert call(child.port, "GET", origin.url_for(path)).body == data
+        stats = child.stats()
+        assert (stats["direct_small"], stats["origin_bytes"], stats["parent_bytes"]) == (0, 0, len(data))
+
+
+def test_legacy_range_200(origin: RangeOrigin, tmp_path: Path) -> None:
+    data = blob(6 * MiB, seed=36)
+    path = "/models/legacy/range.bin"
+    origin.put(path, data)
+    with StandinPeer(tmp_path / "old", rules=RULES, legacy_range_200=True) as old:
+        reply = call(old.port, "GET", origin.url_for(path), {"Range": "bytes=100-199"})
+        assert reply.status == 200  # dfdaemon < v1.3.11
+        assert reply.headers["Content-Range"] == f"bytes 100-199/{len(data)}"
+        assert reply.headers["Content-Length"] == "100" and reply.body == data[100:200]
+        assert call(old.port, "GET", origin.url_for(path)).status == 200
+
+
+def test_cli_flags_for_the_version_knobs() -> None:
+    from dfpeer.__main__ import _parser
+
+    defaults = _parser().parse_args(["--data-dir", "/tmp/x"])
+    assert (defaults.small_to_source, defaults.legacy_range_200) == (True, False)
+    old = _parser().parse_args(["--data-dir", "/tmp/x", "--no-small-to-source", "--legacy-range-200"])
+    assert (old.small_to_source, old.legacy_range_200) == (False, True)
+
+
+def test_subprocess_version_knobs(origin: RangeOrigin, tmp_path: Path) -> None:
+    data = blob(6 * MiB, seed=37)
+    path = "/models/subprocess/knobs.bin"
+    with StandinPeer(tmp_path / "seed", rules=RULES) as seed_peer:
+        _seeded(origin, path, data, seed_peer)
+        with PeerProcess(tmp_path / "new", parent=seed_peer.url, rules=RULES) as new:
+            reply = call(new.port, "GET", origin.url_for(path), {"Range": "bytes=0-99"})
+            assert reply.status == 206 and reply.body == data[:100]
+            stats = new.stats()
+            assert (stats["direct_small"], stats["parent_bytes"], stats["origin_bytes"]) == (1, 0, 4 * MiB)
+        with PeerProcess(tmp_path / "old", parent=seed_peer.url, rules=RULES,
+                         small_to_source=False, legacy_range_200=True) as old:
+            reply = call(old.port, "GET", origin.url_for(path), {"Range": "bytes=0-99"})
+            assert reply.status == 200 and reply.headers["Content-Range"] == f"bytes 0-99/{len(data)}"
+            assert reply.body == data[:100]
+            stats = old.stats()
+            assert (stats["direct_small"], stats["parent_bytes"], stats["origin_bytes"]) == (0, 4 * MiB, 0)
 
 
 # --------------------------------------------------------------------------- faults, mid-stream failure, admin

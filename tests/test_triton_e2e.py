@@ -506,7 +506,11 @@ def test_second_node_gets_model_from_first_peer(node_a: Node, s3: Any, agents: P
             print(f"\n[e2e] node B load {dt:.2f}s: peer B origin={stats['origin_bytes']} "
                   f"parent={stats['parent_bytes']} traffic={stats['traffic']}; store GETs "
                   f"peer={len(by_peer)} others={len(by_others)}")
-            assert stats["origin_bytes"] == 0
+            # Like the real dfdaemon, peer B fetches files of <= 4 MiB (config.pbtxt,
+            # labels.txt, model.py: a few KiB here) from the origin itself; the weights
+            # come from its parent.
+            assert stats["direct_small"] >= 3
+            assert stats["origin_bytes"] < 1 * MiB
             assert stats["parent_bytes"] >= 8 * MiB
             assert stats["parent_failures"] == 0
             assert by_others == []

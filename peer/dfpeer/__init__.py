@@ -8,13 +8,14 @@ See ``peer/README.md``.
 from __future__ import annotations
 
 from .api import AdminClient, PeerProcess, StandinPeer
-from .server import ADMIN_PREFIX, PeerConfig
+from .server import ADMIN_PREFIX, DIRECT_SOURCE_THRESHOLD, PeerConfig
 from .taskid import DEFAULT_FILTERED_QUERY_PARAMS, canonical_url, task_id
 
 __all__ = [
     "ADMIN_PREFIX",
     "AdminClient",
     "DEFAULT_FILTERED_QUERY_PARAMS",
+    "DIRECT_SOURCE_THRESHOLD",
     "PeerConfig",
     "PeerProcess",
     "StandinPeer",

@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--disable-back-to-source", action="store_true", help="never fetch pieces from the origin")
     parser.add_argument("--legacy-range-200", action="store_true",
                         help="answer ranges with 200 + Content-Range (dfdaemon < 1.3.11)")
+    parser.add_argument("--small-to-source", action=argparse.BooleanOptionalAction, default=True,
+                        help="a range or object of <= 4 MiB skips the parent and comes from the origin "
+                             "(dfdaemon >= 1.4.2; default on); --no-small-to-source for older daemons")
     parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
     return parser
 
@@ -59,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         server_ip=args.server_ip,
         disable_back_to_source=args.disable_back_to_source,
         legacy_range_200=args.legacy_range_200,
+        small_to_source=args.small_to_source,
     )
     server = PeerServer(PeerCore(config))
     port = int(server.server_address[1])

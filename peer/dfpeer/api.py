@@ -81,6 +81,7 @@ class StandinPeer(AdminClient):
         concurrent_pieces: int = 8,
         disable_back_to_source: bool = False,
         legacy_range_200: bool = False,
+        small_to_source: bool = True,
     ) -> None:
         self.config = PeerConfig(
             data_dir=Path(data_dir),
@@ -94,6 +95,7 @@ class StandinPeer(AdminClient):
             concurrent_pieces=concurrent_pieces,
             disable_back_to_source=disable_back_to_source,
             legacy_range_200=legacy_range_200,
+            small_to_source=small_to_source,
         )
         self.core = PeerCore(self.config)
         self._server: PeerServer | None = None
@@ -159,7 +161,9 @@ class PeerProcess(AdminClient):
     """``python -m dfpeer`` as a child process; use as a context manager.
 
     Stats and faults go through the HTTP admin API.  Only the process started
-    here is ever signalled (by PID).
+    here is ever signalled (by PID).  ``legacy_range_200`` and ``small_to_source``
+    map to ``--legacy-range-200`` and ``--no-small-to-source``; any other flag of
+    ``python -m dfpeer`` goes in ``extra_args``.
     """
 
     def __init__(
@@ -169,6 +173,8 @@ class PeerProcess(AdminClient):
         rules: Sequence[str] = (),
         *,
         host: str = "127.0.0.1",
+        legacy_range_200: bool = False,
+        small_to_source: bool = True,
         extra_args: Sequence[str] = (),
         python: str = sys.executable,
         startup_timeout: float = 15.0,
@@ -177,6 +183,8 @@ class PeerProcess(AdminClient):
         self.parent = parent
         self.rules = tuple(rules)
         self.host = host
+        self.legacy_range_200 = legacy_range_200
+        self.small_to_source = small_to_source
         self.extra_args = tuple(extra_args)
         self.python = python
         self.startup_timeout = startup_timeout
@@ -193,6 +201,10 @@ class PeerProcess(AdminClient):
             args += ["--parent", self.parent]
         for rule in self.rules:
             args += ["--rule", rule]
+        if self.legacy_range_200:
+            args.append("--legacy-range-200")
+        if not self.small_to_source:
+            args.append("--no-small-to-source")
         args += list(self.extra_args)
         env = dict(os.environ)
         package_root = str(Path(__file__).resolve().parent.parent)

@@ -42,11 +42,21 @@ from .taskid import (
 )
 from .upstream import HOP_BY_HOP, Target, Upstream, redact, set_nodelay
 
-__all__ = ["PeerConfig", "PeerCore", "PeerServer", "ADMIN_PREFIX"]
+__all__ = ["PeerConfig", "PeerCore", "PeerServer", "ADMIN_PREFIX", "DIRECT_SOURCE_THRESHOLD", "PARENT_FETCH_HEADER"]
 
 log = logging.getLogger("dfpeer")
 
 ADMIN_PREFIX = "/_dfpeer/"
+
+#: dfdaemon >= v1.4.2 (``resource/task.rs`` ``Task::download``): when the requested range is
+#: at most this long, or the whole object is, the missing pieces are fetched straight from the
+#: origin without the scheduler (no parent).  ``super::piece::MIN_PIECE_LENGTH``, inclusive.
+DIRECT_SOURCE_THRESHOLD = 4 * 1024 * 1024
+
+#: Marks the stand-in's own piece request to its ``--parent``.  The parent treats it as a piece
+#: upload (never the small-request shortcut) and does not forward the marker to the origin.
+PARENT_FETCH_HEADER = "X-Dfpeer-Parent-Fetch"
+
 _BUFFER_SIZE = 1 << 20
 _local = threading.local()
 
@@ -87,6 +97,9 @@ class PeerConfig:
     server_ip: str | None = None  # X-Dragonfly-Server-IP; defaults to host
     disable_back_to_source: bool = False
     legacy_range_200: bool = False  # dfdaemon < v1.3.11 answered ranges with 200 + Content-Range
+    # dfdaemon >= v1.4.2: a range <= 4 MiB or an object <= 4 MiB skips the scheduler, so its
+    # missing pieces come from the origin, never the parent.  False = dfdaemon < v1.4.1 behaviour.
+    small_to_source: bool = True
     idle_timeout: float = 120.0
     upstream_timeout: float = 60.0
     send_timeout: float = 60.0
@@ -101,6 +114,7 @@ class Stats:
         "parent_requests", "parent_bytes", "parent_failures",
         "served_bytes", "local_bytes", "passthrough_bytes",
         "local_hits", "error_responses", "aborted_responses",
+        "direct_small",
     )
 
     def __init__(self) -> None:
@@ -208,6 +222,7 @@ class _Request:
     cancelled: threading.Event = field(default_factory=threading.Event)
     error: PieceFailure | None = None
     workers: int = 0
+    direct: bool = False  # the <= 4 MiB shortcut: missing pieces from the origin, never the parent
 
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
@@ -315,9 +330,9 @@ class PeerCore:
         """Store piece *number*: from the parent first (if any), else from the origin."""
         offset, length = task.piece_span(number)
         piece_range = ("Range", f"bytes={offset}-{offset + length - 1}")
-        if self.parent is not None and not self.faults.parent_unavailable:
+        if self.parent is not None and not self.faults.parent_unavailable and not request.direct:
             parent_headers = [(k, v) for k, v in request.headers if k.lower() != "x-dragonfly-use-p2p"]
-            parent_headers += [("X-Dragonfly-Use-P2P", "true"), piece_range]
+            parent_headers += [("X-Dragonfly-Use-P2P", "true"), (PARENT_FETCH_HEADER, "1"), piece_range]
             try:
                 self._download(task, offset, length, request.url, parent_headers, via=self.parent)
                 return
@@ -647,9 +662,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_empty(500, error_type="proxy")
                 return
         tid = self._task_id(url, piece_length)
-        forward = [
-            (k, v) for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP and k.lower() not in ("host", "range")
-        ]
+        parent_fetch = self.headers.get(PARENT_FETCH_HEADER) is not None
+        skip = ("host", "range", PARENT_FETCH_HEADER.lower())
+        forward = [(k, v) for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP and k.lower() not in skip]
         task = core.store.get(tid)
         if task is None or task.failed:
             with core.store.creation_lock(tid):
@@ -680,7 +695,22 @@ class _Handler(BaseHTTPRequestHandler):
             start, end = 0, -1
         else:
             start, end = 0, task.content_length - 1
-        self._serve(task, url, forward, start, end, range_header is not None, finished_at_start)
+        ranged = range_header is not None
+        # dfdaemon >= v1.4.2, resource/task.rs Task::download: after the locally stored pieces,
+        # `!disable_back_to_source && (range.length <= MIN_PIECE_LENGTH || content_length <=
+        # MIN_PIECE_LENGTH)` sends the missing pieces straight to the origin, skipping the
+        # scheduler.  The range is the parsed (clamped) request range; the length is the task's,
+        # i.e. from the bytes=0-0 stat or the stored metadata.  The pieces are still stored.
+        direct = (
+            core.config.small_to_source
+            and not core.config.disable_back_to_source
+            and not parent_fetch
+            and (
+                (ranged and end - start + 1 <= DIRECT_SOURCE_THRESHOLD)
+                or task.content_length <= DIRECT_SOURCE_THRESHOLD
+            )
+        )
+        self._serve(task, url, forward, start, end, ranged, finished_at_start, direct)
 
     def _serve(
         self,
@@ -691,6 +721,7 @@ class _Handler(BaseHTTPRequestHandler):
         end: int,
         ranged: bool,
         finished_at_start: bool,
+        direct: bool = False,
     ) -> None:
         core = self.core
         headers = list(task.headers)
@@ -709,6 +740,9 @@ class _Handler(BaseHTTPRequestHandler):
         pieces = task.pieces_for(start, end)
         request = _Request(url=url, headers=forward)
         missing = [number for number in pieces if not task.done[number]]
+        if missing and direct:
+            request.direct = True
+            core.stats.add("direct_small")
         if missing:
             work: queue.SimpleQueue[int] = queue.SimpleQueue()
             for number in missing:

@@ -82,6 +82,11 @@ class DownloadResult:
     via: str
     source: str
     task_id: str | None = None
+    """The peer's ``X-Dragonfly-Task-ID`` (None when no peer answered)."""
+    predicted_task_id: str | None = None
+    """The task ID dfrepo computed for the same request; equal to ``task_id`` unless the
+    peer canonicalizes differently or an operator rule rewrote the request (then a WARNING
+    was logged)."""
 
 
 @dataclass
@@ -114,6 +119,7 @@ class _FileJob:
         self.started = time.monotonic()
         self.source = "origin"
         self.task_id: str | None = None
+        self.predicted_task_id: str | None = None
         self.error: BaseException | None = None
         self.result: DownloadResult | None = None
 
@@ -502,7 +508,8 @@ class Downloader:
             from .dragonfly import check_task_id, task_id_for_request
 
             try:
-                check_task_id(task_id_for_request(job.req.url, job.headers), resp.headers, job.req.url)
+                job.predicted_task_id = task_id_for_request(job.req.url, job.headers)
+                check_task_id(job.predicted_task_id, resp.headers, job.req.url)
             except DfrepoError:  # Defensive: a prediction problem must not fail a download
                 log.debug("dfrepo: could not predict the task id", exc_info=True)
 
@@ -576,6 +583,7 @@ class Downloader:
             via=self.transport.via,
             source=job.source,
             task_id=job.task_id,
+            predicted_task_id=job.predicted_task_id,
         )
 
 
