@@ -563,7 +563,11 @@ class ModelCache:
             md5 = (obj.md5 or "").lower() or None
             if md5 is None and self.verify == "full":
                 md5 = _md5_fd(hold, obj.size)
-            os.fchmod(hold, stat.S_IMODE(hold_st.st_mode) & ~0o222)
+            if hold_st.st_nlink <= 2:
+                # Ours alone (the download and this link): make it read-only. A file with more
+                # names is dfdaemon's content file, hard-linked over gRPC: the same inode is
+                # kept (no duplicate bytes) and its mode is the daemon's business.
+                os.fchmod(hold, stat.S_IMODE(hold_st.st_mode) & ~0o222)
             now = time.time()
             meta = {
                 "v": 1, "key": key, "size": obj.size,

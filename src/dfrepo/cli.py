@@ -216,6 +216,10 @@ def _dragonfly_for(args: argparse.Namespace) -> Any:
         overrides["tag"] = args.tag
     if args.no_fallback:
         overrides["fallback_direct"] = False
+    if args.transport is not None:
+        overrides["transport"] = args.transport
+    if args.socket is not None:
+        overrides["socket"] = args.socket
     return load_dragonfly_config(args.dragonfly_config, overrides=overrides,
                                  required=args.dragonfly_config is not None)
 
@@ -243,14 +247,14 @@ def _http_dest(url: str, dest: str) -> Path:
 
 
 def _pull_http(args: argparse.Namespace, dragonfly: Any, transfer: Any, progress: Any) -> Any:
-    from .repo import PullResult
+    from .repo import PullResult, bytes_by_delivery
     from .transfer import Downloader, DownloadRequest
 
     started = time.monotonic()
     target = _http_dest(args.location, args.dest)
     with Downloader(transfer, dragonfly=dragonfly if dragonfly.enabled else None) as dl:
         res = dl.download_many([DownloadRequest(url=args.location, dest=target)], progress=progress)[0]
-        via = dl.transport.via
+        via = dl.via
         fallback_reason = dl.transport.fallback_reason
     by_source = {"origin": 0, "peer": 0, "peer-cache": 0}
     by_source[res.source] = by_source.get(res.source, 0) + res.size
@@ -260,7 +264,7 @@ def _pull_http(args: argparse.Namespace, dragonfly: Any, transfer: Any, progress
         bytes_from_origin=by_source["origin"], bytes_from_peer=by_source["peer"],
         bytes_from_peer_cache=by_source["peer-cache"],
         via=via, retries=res.retries, requests=res.requests, implementation=res.implementation,
-        fallback_reason=fallback_reason, results=(res,))
+        fallback_reason=fallback_reason, results=(res,), **bytes_by_delivery([res]))
 
 
 def summary_line(result: Any, proxy: str | None) -> str:
@@ -273,7 +277,10 @@ def summary_line(result: Any, proxy: str | None) -> str:
     parts.append(f"cache {format_bytes(result.bytes_from_cache)}")
     if result.bytes_local:
         parts.append(f"local {format_bytes(result.bytes_local)}")
-    if result.via == "proxy":
+    if result.via == "grpc":
+        via = (f"via dfdaemon gRPC (linked {format_bytes(result.bytes_linked)}, copied "
+               f"{format_bytes(result.bytes_copied)}, streamed {format_bytes(result.bytes_streamed)})")
+    elif result.via == "proxy":
         via = f"via proxy {redact_url(proxy)}"
     elif result.fallback_reason:
         via = f"direct ({result.fallback_reason})"
@@ -471,6 +478,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "$XDG_CACHE_HOME/dfrepo, ~/.cache/dfrepo)")
     p.add_argument("--expiry", type=_positive_int, metavar="SECONDS", help="lifetime of presigned URLs")
     p.add_argument("--tag", help="X-Dragonfly-Tag (the object version is appended)")
+    p.add_argument("--transport", choices=("proxy", "grpc", "auto"),
+                   help="talk to dfdaemon over its HTTP proxy, its gRPC socket (the daemon writes or "
+                        "hard-links the files itself), or gRPC when the socket answers (default: the "
+                        "config's transport, else proxy)")
+    p.add_argument("--socket", metavar="PATH", help="dfdaemon's gRPC socket "
+                   "(default /var/run/dragonfly/dfdaemon.sock)")
     p.set_defaults(func=_cmd_pull)
 
     p = command("ls", "List a model directory: rel_path, size, version.")

@@ -14,7 +14,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol
 from urllib.parse import unquote, urlsplit
 
 from .config import TransferConfig
@@ -56,6 +56,12 @@ class PullResult:
     bytes_from_peer_cache: int = 0
     bytes_from_cache: int = 0
     bytes_local: int = 0
+    bytes_streamed: int = 0
+    """Bytes dfrepo wrote from HTTP bodies (proxy or direct)."""
+    bytes_linked: int = 0
+    """Bytes dfdaemon hard-linked into place over gRPC (no byte moved)."""
+    bytes_copied: int = 0
+    """Bytes dfdaemon copied into place over gRPC (destination on another file system)."""
     via: str = "direct"
     retries: int = 0
     requests: int = 0
@@ -73,6 +79,14 @@ class PullResult:
         d["dest"] = str(self.dest)
         d["throughput"] = self.throughput
         return d
+
+
+def bytes_by_delivery(results: Iterable[DownloadResult]) -> dict[str, int]:
+    """``bytes_streamed``/``bytes_linked``/``bytes_copied`` of downloaded files."""
+    out = {"bytes_streamed": 0, "bytes_linked": 0, "bytes_copied": 0}
+    for r in results:
+        out[f"bytes_{r.delivery}"] += r.size
+    return out
 
 
 def split_overrides(overrides: Mapping[str, str] | None) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
@@ -193,7 +207,7 @@ def pull(
                             implementation=implementation) as dl:
                 results = dl.download_many([r for _, r in to_fetch], progress=progress)
                 fallback_reason = dl.transport.fallback_reason
-                via = dl.transport.via
+                via = dl.via
                 impl = dl.implementation
             if cache is not None:
                 for obj, req in to_fetch:
@@ -223,6 +237,7 @@ def pull(
         implementation=impl,
         fallback_reason=fallback_reason,
         results=tuple(results),
+        **bytes_by_delivery(results),
     )
     log.info("dfrepo: pulled %s: %d files, %d bytes in %.2fs", loc.display, result.files, total, result.seconds)
     return result

@@ -20,18 +20,20 @@ import logging
 import os
 import random
 import re
+import secrets
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Callable, Iterable, Mapping
 
 import urllib3
 
 from . import _core
 from ._http import RETRYABLE_EXCEPTIONS, Transport
 from ._version import __version__
+from .dragonfly.config import DragonflyConfig
 from .config import TransferConfig
 from .rangeplan import Span, plan_spans
 from .errors import (
@@ -39,12 +41,16 @@ from .errors import (
     DfrepoError,
     HTTPStatusError,
     IncompleteDownloadError,
+    ProxyUnavailableError,
     RangeNotSupportedError,
     RetriesExhaustedError,
     SourceChangedError,
     TransferError,
     redact_url,
 )
+
+if TYPE_CHECKING:
+    from .dragonfly.daemon_grpc import DaemonGrpc
 
 log = logging.getLogger("dfrepo")
 
@@ -83,6 +89,10 @@ class DownloadResult:
     source: str
     task_id: str | None = None
     """The peer's ``X-Dragonfly-Task-ID`` (None when no peer answered)."""
+    delivery: str = "streamed"
+    """How the bytes reached the file: ``streamed`` (HTTP body written by dfrepo),
+    ``linked`` (dfdaemon hard-linked its content file: no byte moved) or ``copied``
+    (dfdaemon copied its content file; gRPC transport)."""
     predicted_task_id: str | None = None
     """The task ID dfrepo computed for the same request; equal to ``task_id`` unless the
     peer canonicalizes differently or an operator rule rewrote the request (then a WARNING
@@ -120,6 +130,8 @@ class _FileJob:
         self.source = "origin"
         self.task_id: str | None = None
         self.predicted_task_id: str | None = None
+        self.via_daemon = False  # fetched through dfdaemon's gRPC API (no temp file of ours)
+        self.delivery = "streamed"
         self.error: BaseException | None = None
         self.result: DownloadResult | None = None
 
@@ -168,12 +180,48 @@ class Downloader:
             fallback = bool(getattr(dragonfly, "fallback_direct", True))
             transport = Transport(self.config, proxy=proxy, fallback_direct=fallback)
         self.transport = transport
+        self.daemon: DaemonGrpc | None = None
+        self.daemon_reason: str | None = None
+        self._daemon_lock = threading.Lock()
+        if dragonfly is not None and getattr(dragonfly, "transport", "proxy") != "proxy":
+            self._open_daemon(dragonfly)
         self._copy_body, self.implementation = _core.get_copy_body(implementation)
         # Measured (benchmarks/results): splice moves socket pages into the page cache with one
         # copy fewer than recv + pwrite; it falls back to recv where a file system cannot splice.
         self._mode = "splice" if self.config.io_mode == "auto" else self.config.io_mode
 
+    def _open_daemon(self, dragonfly: DragonflyConfig) -> None:
+        """Connect to dfdaemon's gRPC socket for ``transport = grpc | auto``.
+
+        ``auto`` uses it when the socket answers a health check and the stubs import, else
+        the proxy (the reason is logged once); ``grpc`` insists: an unusable socket is a
+        clear error before anything is fetched."""
+        from .dragonfly.daemon_grpc import DaemonGrpc, grpc_available
+
+        why = grpc_available()
+        daemon = None
+        if why is None:
+            daemon = DaemonGrpc(dragonfly.socket, dragonfly, timeout=max(self.config.read_timeout * 30, 600.0))
+            why = daemon.health()
+        if why is None:
+            self.daemon = daemon
+            return
+        if daemon is not None:
+            daemon.close()
+        if dragonfly.transport == "grpc":
+            raise ProxyUnavailableError(f"transport 'grpc': {why}")
+        self.daemon_reason = why
+        log.warning("dfrepo: dfdaemon gRPC not used (%s); using the %s", why,
+                    "proxy" if dragonfly.proxy else "origin directly")
+
+    @property
+    def via(self) -> str:
+        """``grpc`` (dfdaemon's socket), ``proxy`` or ``direct`` — what serves requests now."""
+        return "grpc" if self.daemon is not None else self.transport.via
+
     def close(self) -> None:
+        if self.daemon is not None:
+            self.daemon.close()
         if self._own_transport:
             self.transport.clear()
 
@@ -201,8 +249,12 @@ class Downloader:
         tasks: collections.deque[_Task] = collections.deque()
         try:
             for job in jobs:
-                job.open_temp()
-                planned: list[_Task] = [(job, None)] if job.size is None else self._plan(job)
+                if self.daemon is not None:
+                    job.via_daemon = True  # the daemon writes the file; one task per file
+                    planned: list[_Task] = [(job, None)]
+                else:
+                    job.open_temp()
+                    planned = [(job, None)] if job.size is None else self._plan(job)
                 job.pending = len(planned)
                 tasks.extend(planned)
         except BaseException:
@@ -211,7 +263,7 @@ class Downloader:
             raise
         # Sized after planning: a file of unknown size is one probe task now, but its probe
         # plans the rest as soon as the size is known, and those ranges need workers then.
-        unknown = any(job.size is None for job in jobs)
+        unknown = self.daemon is None and any(job.size is None for job in jobs)
         workers = self.config.concurrency if unknown else min(self.config.concurrency, max(1, len(tasks)))
         sched = _Scheduler(tasks)
         threads = [
@@ -277,7 +329,9 @@ class Downloader:
             job, span = task
             try:
                 if job.error is None:
-                    if span is None:
+                    if job.via_daemon:
+                        self._fetch_via_daemon(job, sched, state)
+                    elif span is None:
                         self._probe(job, sched, state, buf)
                     elif span.end >= 0:
                         self._fetch_span(job, span, buf, state)
@@ -367,6 +421,68 @@ class Downloader:
                 raise
             job.retries += 1
             self._fetch_span(job, Span(cursor.written, end, True), buf, state)
+
+    def _fetch_via_daemon(self, job: _FileJob, sched: _Scheduler, state: _BatchState) -> None:
+        """Have dfdaemon write (hard-link, or copy) the file over gRPC; check and publish it.
+
+        No payload byte passes through this process. A socket that stays unavailable
+        after the retries falls back like an unreachable proxy: to the HTTP path (proxy,
+        then origin) when ``fallback_direct`` is on, else :class:`ProxyUnavailableError`."""
+        from .dragonfly import check_task_id, task_id_for_request
+        from .dragonfly.daemon_grpc import GrpcUnavailable, unavailable
+
+        daemon = self.daemon
+        assert daemon is not None and self.dragonfly is not None
+        req = job.req
+        out = req.dest.parent / f".{req.dest.name[:80]}.{secrets.token_hex(6)}.dfrepo-daemon"
+        req.dest.parent.mkdir(parents=True, exist_ok=True)
+        headers = {**self.dragonfly.headers, **req.headers}
+        attempt = 0
+        while True:
+            job.requests += 1
+            try:
+                got = daemon.download(req.url, out, version=req.version or req.etag, headers=headers)
+                break
+            except GrpcUnavailable as exc:
+                _unlink_quiet(out)
+                if attempt + 1 >= self.config.max_attempts:
+                    if not self.dragonfly.fallback_direct:
+                        raise unavailable(daemon.socket_path, str(exc), req.url) from None
+                    self._daemon_fallback(job, sched, f"dfdaemon gRPC unavailable ({exc})")
+                    return
+                attempt += 1
+                job.retries += 1
+                self._sleep(attempt, None)
+            except BaseException:
+                _unlink_quiet(out)
+                raise
+        job.tmp = str(out)  # removed by discard() if a check below fails
+        size = os.stat(out).st_size
+        if size != got.content_length or (job.size is not None and size != job.size):
+            raise SourceChangedError(
+                f"dfdaemon delivered {size} bytes of {req.dest.name}; expected "
+                f"{job.size if job.size is not None else got.content_length}", url=req.url)
+        job.size = size
+        job.task_id = got.task_id or None
+        job.source = "peer-cache" if got.local_hit else "peer"
+        job.delivery = "linked" if got.linked else "copied"
+        job.predicted_task_id = task_id_for_request(req.url, job.headers)
+        check_task_id(job.predicted_task_id, {"X-Dragonfly-Task-ID": got.task_id}, req.url)
+        state.advance(size)
+        self._finish(job, state)
+
+    def _daemon_fallback(self, job: _FileJob, sched: _Scheduler, reason: str) -> None:
+        """Stop using the gRPC socket (for every file from now on) and fetch *job* over HTTP."""
+        with self._daemon_lock:
+            if self.daemon is not None:
+                self.daemon_reason = reason
+                self.transport.fallback_reason = self.transport.fallback_reason or reason
+                log.warning("dfrepo: %s; falling back to the %s", reason,
+                            "proxy" if self.transport.via == "proxy" else "origin")
+                self.daemon = None
+        job.via_daemon = False
+        job.open_temp()
+        sched.push(job, [(job, None)] if job.size is None else self._plan(job))
 
     def _whole_body(self, job: _FileJob, resp: urllib3.BaseHTTPResponse, state: _BatchState,
                     buf: bytearray) -> None:
@@ -557,9 +673,13 @@ class Downloader:
 
     def _finish(self, job: _FileJob, state: _BatchState) -> None:
         size = job.size or 0
-        st = os.fstat(job.fd)
-        if st.st_size != size:
-            os.ftruncate(job.fd, size)
+        if job.via_daemon:
+            # The daemon's file (maybe its own content file, hard-linked): read, never written.
+            job.fd = os.open(job.tmp or "", os.O_RDONLY | os.O_CLOEXEC)
+        else:
+            st = os.fstat(job.fd)
+            if st.st_size != size:
+                os.ftruncate(job.fd, size)
         if job.req.md5 and self.config.verify_checksum:
             digest = _md5_of(job.fd, size)
             if digest != job.req.md5.lower():
@@ -580,10 +700,11 @@ class Downloader:
             retries=job.retries,
             requests=job.requests,
             implementation=self.implementation,
-            via=self.transport.via,
+            via="grpc" if job.via_daemon else self.transport.via,
             source=job.source,
             task_id=job.task_id,
             predicted_task_id=job.predicted_task_id,
+            delivery=job.delivery,
         )
 
 
@@ -682,6 +803,13 @@ def _md5_of(fd: int, size: int) -> str:
         h.update(view[:n])
         pos += n
     return h.hexdigest()
+
+
+def _unlink_quiet(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _fsync_dir(path: Path) -> None:

@@ -90,6 +90,8 @@ _FILE_KEYS = (
     "version_in_task_id",
     "filter_dialects",
     "peer_ranges",
+    "transport",
+    "socket",
 )
 #: Override keys (besides ``header.<Name>``); ``fallback`` is short for ``fallback_direct``.
 OVERRIDE_KEYS = frozenset(_FILE_KEYS) - {"header"} | {"fallback", "headers"}
@@ -225,6 +227,26 @@ def _piece_length(value: Any, where: str | None, key: str = "piece_length", loos
     return value
 
 
+TRANSPORTS = ("proxy", "grpc", "auto")
+
+
+def _transport(value: Any, where: str | None, key: str = "transport", loose: bool = False) -> str:
+    if not isinstance(value, str) or value.strip().lower() not in TRANSPORTS:
+        raise _err(where, key, f"must be one of {', '.join(TRANSPORTS)}, not {value!r}"[:200])
+    return value.strip().lower()
+
+
+def _socket(value: Any, where: str | None, key: str = "socket", loose: bool = False) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _err(where, key, "must be the path of dfdaemon's unix socket")
+    value = value.strip()
+    if _BAD_VALUE.search(value) or not value.startswith("/"):
+        raise _err(where, key, "must be an absolute path without control characters")
+    if len(value.encode()) > 107:
+        raise _err(where, key, "is longer than a unix socket path may be (107 bytes)")
+    return value
+
+
 def _split_names(items: Iterable[str]) -> tuple[str, ...]:
     out: dict[str, None] = {}
     for item in items:
@@ -292,6 +314,8 @@ _PARSERS = {
     "version_in_task_id": _bool,
     "filter_dialects": _dialects,
     "peer_ranges": _bool,
+    "transport": _transport,
+    "socket": _socket,
 }
 
 
@@ -321,6 +345,11 @@ class DragonflyConfig:
     :param fallback_direct: if the proxy cannot be reached, download from the origin.
     :param version_in_task_id: fold the object's version (ETag/generation) into the tag.
     :param filter_dialects: which filter headers to send, from ``("rust", "go")``.
+    :param transport: how dfrepo talks to the daemon: ``"proxy"`` (HTTP on ``proxy``),
+        ``"grpc"`` (``DownloadTask`` on ``socket``: the daemon writes or hard-links the file
+        itself, a local hit costs one ``link()``), ``"auto"`` (gRPC when the socket answers,
+        else the proxy; logged once). See :mod:`dfrepo.dragonfly.daemon_grpc`.
+    :param socket: dfdaemon's download socket (default ``/var/run/dragonfly/dfdaemon.sock``).
     :param peer_ranges: through the peer, fetch a file as piece-aligned range GETs of
         > 4 MiB (True) or as one GET (False; dfdaemon fetches the pieces in parallel itself
         and the scheduler sees one peer per file per node). See :mod:`dfrepo.rangeplan`.
@@ -338,6 +367,8 @@ class DragonflyConfig:
     version_in_task_id: bool = True
     filter_dialects: tuple[str, ...] = FILTER_DIALECTS
     peer_ranges: bool = False
+    transport: str = "proxy"
+    socket: str = "/var/run/dragonfly/dfdaemon.sock"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -359,8 +390,8 @@ class DragonflyConfig:
 
     @property
     def enabled(self) -> bool:
-        """True when downloads go through a Dragonfly proxy."""
-        return self.proxy is not None
+        """True when downloads go through a Dragonfly daemon (its proxy or its gRPC socket)."""
+        return self.proxy is not None or self.transport != "proxy"
 
     def __reduce__(self) -> Any:
         # MappingProxyType does not pickle; rebuild (and re-validate) from plain values.
@@ -374,7 +405,8 @@ class DragonflyConfig:
             f"filter={self.filter!r}, tag={self.tag!r}, application={self.application!r}, "
             f"priority={self.priority!r}, piece_length={self.piece_length!r}, use_p2p={self.use_p2p!r}, "
             f"fallback_direct={self.fallback_direct!r}, version_in_task_id={self.version_in_task_id!r}, "
-            f"filter_dialects={self.filter_dialects!r}, peer_ranges={self.peer_ranges!r})"
+            f"filter_dialects={self.filter_dialects!r}, peer_ranges={self.peer_ranges!r}, "
+            f"transport={self.transport!r}, socket={self.socket!r})"
         )
 
 
@@ -494,7 +526,7 @@ def load_dragonfly_config(
         ``proxy`` (``""`` = direct), ``tag``, ``application``, ``priority``,
         ``piece_length`` (bytes or ``8MiB``), ``filter`` (comma- or ``&``-separated),
         ``fallback``/``fallback_direct``, ``use_p2p``, ``version_in_task_id``,
-        ``filter_dialects``, ``peer_ranges``, ``header.<Name>`` (one header), ``headers`` (a mapping).
+        ``filter_dialects``, ``peer_ranges``, ``transport``, ``socket``, ``header.<Name>`` (one header), ``headers`` (a mapping).
         Strings are parsed (``"true"``, ``"3"``); unknown keys raise (use
         :func:`is_override_key` to pick them out of a larger parameter set).
     :param required: raise instead of using defaults when the file does not exist.
