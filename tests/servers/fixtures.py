@@ -4,6 +4,9 @@ Session fixtures: ``seaweedfs``, ``moto_s3``, ``azurite``, ``azurite_tls``, ``fa
 Function fixture: ``triton_server`` (a factory; every server it started is stopped at teardown).
 A fixture whose binary is missing skips the test with the reason; scripts/bootstrap.sh
 installs them all.
+Session fixture ``dragonfly_cluster`` (real scheduler + seed peer + 2 peers, tests/servers/dragonfly.py)
+is the exception: missing Dragonfly binaries *fail* the test, with the instruction to run
+scripts/build-dragonfly.sh.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Protocol, TypeVar
 import pytest
 
 from .azure import AzuriteServer, AzuriteTlsServer, start_azurite, start_azurite_tls
+from .dragonfly import DragonflyBinariesMissing, DragonflyCluster, start_dragonfly_cluster
 from .gcs import FakeGcsServer, start_fake_gcs
 from .nginx import NginxOrigin, start_nginx
 from .s3 import S3Server, start_moto, start_seaweedfs
@@ -25,6 +29,7 @@ __all__ = [
     "TritonFactory",
     "azurite",
     "azurite_tls",
+    "dragonfly_cluster",
     "fake_gcs",
     "moto_s3",
     "nginx_origin",
@@ -100,6 +105,26 @@ def nginx_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxOrig
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def dragonfly_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DragonflyCluster]:
+    """Real Dragonfly: scheduler (127.0.0.1) + seed (127.0.0.10) + peers 127.0.0.21/.22.
+
+    Returns after the scheduler knows the seed (>= 30 s: its seed refresh ticker). Missing
+    binaries fail the test (run scripts/build-dragonfly.sh); logs stay in the workdir.
+    """
+    missing = ""
+    try:
+        cluster = start_dragonfly_cluster(tmp_path_factory.mktemp("dragonfly"), peers=2)
+    except DragonflyBinariesMissing as exc:
+        missing = str(exc)
+    if missing:
+        pytest.fail(missing, pytrace=False)  # outside the except: no chained traceback
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 class TritonFactory(Protocol):

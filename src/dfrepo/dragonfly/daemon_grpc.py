@@ -113,7 +113,8 @@ class DaemonGrpc:
         self._grpc = grpc
         self._channel = grpc.insecure_channel(
             f"unix://{socket_path}",
-            options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)],
+            # tonic (hyper) rejects the socket path grpcio puts in :authority for unix targets.
+            options=[("grpc.max_receive_message_length", 16 * 1024 * 1024), ("grpc.default_authority", "localhost")],
         )
         self._stub = dfdaemon_pb2_grpc.DfdaemonDownloadStub(self._channel)
         self._lock = threading.Lock()
@@ -217,7 +218,7 @@ class DaemonGrpc:
         details = exc.details() if callable(getattr(exc, "details", None)) else ""
         details = details or ""
         if code == "INTERNAL":
-            origin = _origin_error(details)
+            origin = _origin_error(_status_details(exc)) or _origin_error(details)
             if origin is not None:
                 status = origin
                 return HTTPStatusError(
@@ -237,18 +238,37 @@ class _LinkFailed(Exception):
     """force_hard_link could not be honoured: ask again for a copy."""
 
 
-def _origin_error(details: str) -> int | None:
-    """The origin's HTTP status from an ``INTERNAL`` error's JSON details, if it is one."""
-    start = details.find("{")
-    if start < 0:
-        return None
+_BACKEND_STATUS = re.compile(r"backend error:?\s*(\d{3})\b")
+
+
+def _status_details(exc: Any) -> str:
+    """The binary status details dfdaemon attaches to an error (``grpc-status-details-bin``:
+    JSON ``{message, header, status_code}`` for origin errors), decoded; "" if none."""
     try:
-        doc = json.loads(details[start:])
-    except ValueError:
-        return None
-    status = doc.get("status_code") if isinstance(doc, dict) else None
-    if isinstance(status, int) and 100 <= status <= 599:
-        return status
+        trailers = exc.trailing_metadata() or ()
+    except Exception:  # noqa: BLE001 - Defensive: not every RpcError carries metadata
+        return ""
+    for key, value in trailers:
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            return value.decode("utf-8", errors="replace")
+    return ""
+
+
+def _origin_error(details: str) -> int | None:
+    """The origin's HTTP status from an ``INTERNAL`` error: the JSON details' ``status_code``,
+    else the ``backend error: 403 Forbidden`` form of the message. None if not an origin error."""
+    start = details.find("{")
+    if start >= 0:
+        try:
+            doc = json.loads(details[start:])
+        except ValueError:
+            doc = None
+        status = doc.get("status_code") if isinstance(doc, dict) else None
+        if isinstance(status, int) and 100 <= status <= 599:
+            return status
+    m = _BACKEND_STATUS.search(details)
+    if m and 100 <= int(m.group(1)) <= 599:
+        return int(m.group(1))
     return None
 
 
