@@ -77,7 +77,7 @@ def prep_dfrepo(spec: dict[str, Any]) -> Callable[[], dict[str, Any]]:
     if spec.get("proxy"):
         from dfrepo.dragonfly.config import DragonflyConfig
 
-        dragonfly = DragonflyConfig(proxy=spec["proxy"], fallback_direct=False)
+        dragonfly = DragonflyConfig(proxy=spec["proxy"], fallback_direct=False, **spec.get("dragonfly", {}))
     reqs = [DownloadRequest(url=i["url"], dest=Path(i["dest"]), size=i.get("size")) for i in _items(spec)]
 
     def run() -> dict[str, Any]:

@@ -87,3 +87,15 @@ def bench_bucket(seaweedfs):
         client.create_bucket(Bucket=name)
     return client, name
 
+
+
+@pytest.fixture(scope="session")
+def real_cluster(tmp_path_factory):
+    """The real Dragonfly for benchmarks: scheduler + seed + four peers (fan-out up to N=4)."""
+    from servers.dragonfly import start_dragonfly_cluster
+
+    cluster = start_dragonfly_cluster(tmp_path_factory.mktemp("bench-dragonfly"), peers=4)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

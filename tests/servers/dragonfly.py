@@ -540,6 +540,34 @@ class DfdaemonHandle:
         with opener.open(urllib.request.Request(self.metrics_url, method="DELETE"), timeout=5) as resp:
             resp.read()
 
+    def local_tasks(self, timeout: float = 30.0) -> list[str]:
+        """IDs of every task this daemon stores (gRPC ``ListLocalTasks``)."""
+        import grpc
+        from dragonfly_api import dfdaemon_pb2, dfdaemon_pb2_grpc
+
+        with grpc.insecure_channel(f"unix://{self.socket_path}",
+                                   options=[("grpc.default_authority", "localhost")]) as channel:
+            stub = dfdaemon_pb2_grpc.DfdaemonDownloadStub(channel)
+            reply = stub.ListLocalTasks(dfdaemon_pb2.ListLocalTasksRequest(), timeout=timeout)
+        return [t.task_id for t in reply.tasks]
+
+    def delete_task(self, task_id: str, timeout: float = 30.0) -> bool:
+        """Forget one task on this daemon (gRPC ``DeleteLocalTask`` on its socket): benchmarks
+        free disk between rounds. False when the daemon did not have it."""
+        import grpc
+        from dragonfly_api import dfdaemon_pb2, dfdaemon_pb2_grpc
+
+        with grpc.insecure_channel(f"unix://{self.socket_path}",
+                                   options=[("grpc.default_authority", "localhost")]) as channel:
+            stub = dfdaemon_pb2_grpc.DfdaemonDownloadStub(channel)
+            try:
+                stub.DeleteLocalTask(dfdaemon_pb2.DeleteLocalTaskRequest(task_id=task_id), timeout=timeout)
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:
+                    return False
+                raise
+        return True
+
     def log_text(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")
@@ -695,6 +723,15 @@ class DragonflyCluster:
 
     def registered_peers_by_host(self) -> dict[str, int]:
         return self.scheduler.registered_peers_by_host()
+
+    def forget_all(self) -> int:
+        """Delete every task on every daemon (benchmarks: free the disk between rounds)."""
+        return sum(d.delete_task(t) for d in self.daemons for t in d.local_tasks())
+
+    def forget(self, task_ids: Iterable[str]) -> int:
+        """Delete these tasks on every daemon that has them; how many copies were removed."""
+        ids = [t for t in task_ids if t]
+        return sum(d.delete_task(t) for d in self.daemons for t in ids)
 
     def traffic(self) -> dict[str, dict[str, int]]:
         return {d.name: d.traffic() for d in self.daemons}

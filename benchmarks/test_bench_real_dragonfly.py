@@ -1,0 +1,212 @@
+"""Scenario 5 — the real Dragonfly: request modes and fan-out on scheduler + seed + 4 peers.
+
+All on loopback: SeaweedFS behind the recording relay (origin requests counted there),
+the real scheduler, a seed peer and four peers (``tests/servers/dragonfly.py``). Every
+round uses a fresh ``X-Dragonfly-Tag`` so every task is cold on every daemon (the daemons
+cannot be told to forget a task; a new tag is a new task ID).
+
+5a. **Ranges or one GET per file through the peer.** For a single large object and for a
+    many-file model, each request mode — one GET per file (``peer_ranges`` off) and
+    piece-aligned ranges of several sizes — is run cold through node A (the seed goes back
+    to the origin) and then through node B (remote-peer hit). Reported: seconds and GiB/s
+    per node, origin requests per node (relay log), peers the scheduler registered
+    (``dragonfly_scheduler_register_peer_total``), requests dfrepo sent.
+5b. **Fan-out.** N = 1, 2, 4 nodes pull the same object at once, each dfrepo client a
+    subprocess talking to its own peer. Reported: origin bytes ÷ object size (sum of every
+    daemon's ``BACK_TO_SOURCE`` traffic) and the time until the last node has its file.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import _harness as H
+import pytest
+
+from dfrepo.config import TransferConfig
+from dfrepo.dragonfly import DragonflyConfig
+from dfrepo.repo import pull
+
+pytestmark = [pytest.mark.smoke, pytest.mark.servers, pytest.mark.dragonfly]
+
+BUCKET = "bench-df"
+MODES: dict[str, dict[str, Any]] = {
+    "one GET per file": {"peer_ranges": False},
+    "one GET per file, 16 in flight": {"peer_ranges": False, "concurrency": 16},
+    "ranges 16 MiB": {"peer_ranges": True, "range_size": 16 * H.MiB},
+    "ranges 64 MiB": {"peer_ranges": True, "range_size": 64 * H.MiB},
+    "ranges 256 MiB": {"peer_ranges": True, "range_size": 256 * H.MiB},
+}
+
+
+def _sizes(sc: dict[str, Any]) -> dict[str, Any]:
+    if H.scale_name() == "full":
+        return {"single": 2 * H.GiB, "many": (64, 16 * H.MiB), "fanout": 1 * H.GiB}
+    return {"single": 96 * H.MiB, "many": (12, 6 * H.MiB), "fanout": 64 * H.MiB}
+
+
+def _all_traffic(cluster: Any) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for node in [cluster.seed, *cluster.peers]:
+        for kind, n in node.traffic().items():
+            total[kind] = total.get(kind, 0) + n
+    return total
+
+
+def _registered(cluster: Any) -> float:
+    return cluster.scheduler_metric("dragonfly_scheduler_register_peer_total")
+
+
+def _origin_requests(seaweedfs: Any, prefix: str) -> tuple[int, int]:
+    """(content GETs, 1-byte stat GETs) the store saw under *prefix*."""
+    content = stat = 0
+    for r in seaweedfs.requests():
+        if r.method == "GET" and r.target.split("?", 1)[0].startswith(prefix):
+            if r.headers.get("range", "").replace(" ", "") == "bytes=0-0":
+                stat += 1
+            else:
+                content += 1
+    return content, stat
+
+
+def test_request_modes(real_cluster, seaweedfs, bench_scale, tmpfs_dir) -> None:  # type: ignore[no-untyped-def]
+    sc = bench_scale
+    sizes = _sizes(sc)
+    cluster = real_cluster
+    client = seaweedfs.client()
+    try:
+        client.head_bucket(Bucket=BUCKET)
+    except Exception:  # noqa: BLE001
+        client.create_bucket(Bucket=BUCKET)
+    src = tmpfs_dir / "src-modes"
+    H.write_source(src / "single" / "model.bin", sizes["single"], seed=5)
+    count, each = sizes["many"]
+    for i in range(count):
+        H.write_source(src / "many" / "1" / f"shard-{i:04d}.bin", each, seed=100 + i)
+    from servers.upload import upload_tree_s3
+
+    upload_tree_s3(seaweedfs, BUCKET, "modes", src)
+    H.clear_outputs([src])
+    env = dict(seaweedfs.triton_env())
+    env["TRITON_DRAGONFLY_CONFIG_PATH"] = str(tmpfs_dir / "none.json")
+    models = {"single": (f"modes/single", sizes["single"]), "many": (f"modes/many", count * each)}
+    rows: dict[str, dict[str, Any]] = {}
+    table = []
+    for model, (prefix, total) in models.items():
+        for mode, knobs in MODES.items():
+            samples: dict[str, list[float]] = {"a_s": [], "b_s": [], "registered": [], "origin_a": [],
+                                               "origin_b": [], "stat_b": [], "requests": [], "btos": []}
+            for rnd in range(min(sc["rounds"], 3)):
+                tag = f"bench-{uuid.uuid4().hex[:12]}"
+                transfer = TransferConfig(fsync=False, range_size=knobs.get("range_size", 32 * H.MiB),
+                                          concurrency=knobs.get("concurrency", TransferConfig().concurrency))
+                for node_name, node in (("a", cluster.peers[0]), ("b", cluster.peers[1])):
+                    df = DragonflyConfig(proxy=node.proxy, fallback_direct=False, tag=tag,
+                                         peer_ranges=knobs["peer_ranges"])
+                    dest = tmpfs_dir / f"out-{model}-{node_name}"
+                    H.clear_outputs([dest])
+                    seaweedfs.clear_log()
+                    reg0, t0 = _registered(cluster), _all_traffic(cluster)
+                    started = time.perf_counter()
+                    res = pull(seaweedfs.s3_url(BUCKET, prefix), dest, env=env, dragonfly=df, transfer=transfer)
+                    seconds = time.perf_counter() - started
+                    reg1, t1 = _registered(cluster), _all_traffic(cluster)
+                    content, stat = _origin_requests(seaweedfs, f"/{BUCKET}/{prefix}/")
+                    assert res.bytes == total and res.via == "proxy"
+                    assert all(r.task_id == r.predicted_task_id for r in res.results)
+                    samples[f"{node_name}_s"].append(seconds)
+                    samples[f"origin_{node_name}"].append(content)
+                    if node_name == "a":
+                        samples["registered"].append(reg1 - reg0)
+                        samples["requests"].append(res.requests)
+                        samples["btos"].append(t1.get("BACK_TO_SOURCE", 0) - t0.get("BACK_TO_SOURCE", 0))
+                    else:
+                        samples["stat_b"].append(stat)
+                        # The claim of P2P: node B takes no content from the store.
+                        assert content == 0, f"{model}/{mode}: node B fetched content from the origin"
+                    H.clear_outputs([dest])
+                cluster.forget_all()  # every daemon drops this round's tasks: bounded disk
+            med = {k: statistics.median(v) for k, v in samples.items() if v}
+            row = {"model": model, "mode": mode, "bytes": total, **med,
+                   "a_gibps": total / med["a_s"] / H.GiB, "b_gibps": total / med["b_s"] / H.GiB,
+                   "rounds": len(samples["a_s"]), "samples": samples}
+            rows[f"{model}/{mode}"] = row
+            table.append([model, H.human(total), mode, med["a_s"], row["a_gibps"], med["b_s"], row["b_gibps"],
+                          int(med["requests"]), int(med["registered"]), int(med["origin_a"]),
+                          int(med["stat_b"]), med["btos"] / total])
+    md = H.markdown_table(
+        ["model", "size", "mode", "node A cold s", "A GiB/s", "node B remote s", "B GiB/s", "dfrepo requests",
+         "peers registered (A)", "origin GETs (A)", "origin stat GETs (B)", "back-to-source ÷ size"], table)
+    charts = []
+    for model in models:
+        labels = list(MODES)
+        p = H.bar_chart(H.results_dir() / f"real_modes_{model}.png",
+                        f"Real dfdaemon, {model} ({H.human(models[model][1])}): node B remote-peer time",
+                        labels, [rows[f"{model}/{m}"]["b_s"] for m in labels], "seconds (median)",
+                        annotate=[f"{rows[f'{model}/{m}']['b_s']:.2f}s\n{int(rows[f'{model}/{m}']['registered'])} peers"
+                                  for m in labels])
+        if p:
+            charts.append(str(p))
+    H.write_result("real_modes", {"rows": rows, "charts": charts, "cluster": cluster.describe()}, md)
+
+
+def test_fanout_real(real_cluster, seaweedfs, bench_scale, tmpfs_dir) -> None:  # type: ignore[no-untyped-def]
+    sc = bench_scale
+    size = _sizes(sc)["fanout"]
+    cluster = real_cluster
+    client = seaweedfs.client()
+    try:
+        client.head_bucket(Bucket=BUCKET)
+    except Exception:  # noqa: BLE001
+        client.create_bucket(Bucket=BUCKET)
+    src = tmpfs_dir / "src-fanout-real" / "model.bin"
+    H.write_source(src, size, seed=9)
+    client.upload_file(str(src), BUCKET, "fanout/model.bin")
+    H.clear_outputs([src.parent])
+    nodes = [n for n in (1, 2, 4) if n <= len(cluster.peers)]
+    work = tmpfs_dir / "work-fanout-real"
+    rows: dict[str, dict[str, Any]] = {}
+    table = []
+    for n in nodes:
+        ratios, times = [], []
+        for _ in range(sc["rounds"]):
+            tag = f"fanout-{uuid.uuid4().hex[:12]}"
+            url = H.presign(client, BUCKET, "fanout/model.bin")
+            t0 = _all_traffic(cluster)
+            started_at = time.perf_counter()
+            started = []
+            for i in range(n):
+                dest = tmpfs_dir / "dest-fanout-real" / f"node{i + 1}.bin"
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                spec = {"client": "dfrepo", "config": {"fsync": False}, "url": url, "size": size,
+                        "dest": str(dest), "proxy": cluster.peers[i].proxy, "dragonfly": {"tag": tag}}
+                started.append(H.start_client(f"node{i + 1}", spec, work))
+            for i, s in enumerate(started):
+                H.finish_client(f"node{i + 1}", *s, timeout=sc["timeout"])
+            total = time.perf_counter() - started_at
+            t1 = _all_traffic(cluster)
+            ratio = (t1.get("BACK_TO_SOURCE", 0) - t0.get("BACK_TO_SOURCE", 0)) / size
+            ratios.append(ratio)
+            times.append(total)
+            H.clear_outputs([tmpfs_dir / "dest-fanout-real"])
+            cluster.forget_all()
+        rows[str(n)] = {"nodes": n, "origin_bytes_over_size": statistics.median(ratios),
+                        "max_ratio": max(ratios), "total_s": statistics.median(times), "size": size}
+        table.append([n, H.human(size), statistics.median(ratios), max(ratios), statistics.median(times),
+                      n * size / statistics.median(times) / H.GiB])
+        # One copy from the origin however many nodes ask (a small slack for the daemons'
+        # 1-byte stat requests and a piece fetched twice when two peers race for it).
+        assert max(ratios) < 1.1, f"N={n}: origin bytes / size = {ratios}"
+    md = H.markdown_table(["nodes", "object", "origin bytes ÷ size (median)", "max", "total s (median)",
+                           "aggregate GiB/s"], table)
+    p = H.bar_chart(H.results_dir() / "real_fanout.png", f"Real Dragonfly fan-out, {H.human(size)} object",
+                    [f"N={n}" for n in nodes], [rows[str(n)]["total_s"] for n in nodes], "seconds until the last node",
+                    annotate=[f"{rows[str(n)]['total_s']:.2f}s\norigin×{rows[str(n)]['origin_bytes_over_size']:.2f}"
+                              for n in nodes])
+    H.write_result("real_fanout", {"rows": rows, "charts": [str(p)] if p else [],
+                                   "cluster": cluster.describe()}, md)
