@@ -210,3 +210,74 @@ def test_fanout_real(real_cluster, seaweedfs, bench_scale, tmpfs_dir) -> None:  
                               for n in nodes])
     H.write_result("real_fanout", {"rows": rows, "charts": [str(p)] if p else [],
                                    "cluster": cluster.describe()}, md)
+
+
+def test_local_hit_grpc_link_vs_proxy_vs_cache(real_cluster, seaweedfs, bench_scale, tmpfs_dir, disk_dir) -> None:  # type: ignore[no-untyped-def]
+    """5c. A local-peer hit of a large model on node A, three ways, in one run: the proxy path
+    (dfrepo streams every byte from the daemon and writes a second copy), the gRPC path (the
+    daemon hard-links its content file: no byte moves) and dfrepo's persistent cache (a hard
+    link from dfrepo's own copy). Destinations on the daemons' file system (disk), as in a
+    deployment where the link is possible."""
+    from dfrepo.cache import ModelCache
+
+    sc = bench_scale
+    size = _sizes(sc)["single"]
+    cluster = real_cluster
+    node = cluster.peers[0]
+    client = seaweedfs.client()
+    try:
+        client.head_bucket(Bucket=BUCKET)
+    except Exception:  # noqa: BLE001
+        client.create_bucket(Bucket=BUCKET)
+    src = tmpfs_dir / "src-local" / "1" / "weights.bin"
+    H.write_source(src, size, seed=13)
+    from servers.upload import upload_tree_s3
+
+    upload_tree_s3(seaweedfs, BUCKET, "local", src.parent.parent)
+    H.clear_outputs([src.parent.parent])
+    env = dict(seaweedfs.triton_env(), TRITON_DRAGONFLY_CONFIG_PATH=str(tmpfs_dir / "none.json"))
+    url = seaweedfs.s3_url(BUCKET, "local")
+    transfer = TransferConfig(fsync=False)
+    cases = {
+        "proxy (dfrepo streams)": DragonflyConfig(proxy=node.proxy, fallback_direct=False),
+        "gRPC (daemon links)": DragonflyConfig(proxy=node.proxy, transport="grpc", socket=str(node.socket_path),
+                                               fallback_direct=False),
+        "dfrepo cache (dfrepo links)": DragonflyConfig(proxy=node.proxy, fallback_direct=False),
+    }
+    cache_dir = disk_dir / "local-hit-cache"
+    times: dict[str, list[float]] = {c: [] for c in cases}
+    moved: dict[str, dict[str, int]] = {}
+    warm = pull(url, disk_dir / "local-warm", env=env, dragonfly=cases["proxy (dfrepo streams)"], transfer=transfer,
+                cache=ModelCache(cache_dir))  # node A holds the task, the cache holds the files
+    assert warm.bytes == size
+    H.clear_outputs([disk_dir / "local-warm"])
+    for _ in range(sc["rounds"]):
+        for case, df in cases.items():
+            dest = disk_dir / "local-hit"
+            H.clear_outputs([dest])
+            started = time.perf_counter()
+            res = pull(url, dest, env=env, dragonfly=df, transfer=transfer,
+                       cache=ModelCache(cache_dir) if case.startswith("dfrepo cache") else None)
+            times[case].append(time.perf_counter() - started)
+            assert res.bytes == size
+            moved[case] = {"streamed": res.bytes_streamed, "linked_by_daemon": res.bytes_linked,
+                           "copied_by_daemon": res.bytes_copied, "from_dfrepo_cache": res.bytes_from_cache}
+            if case.startswith("gRPC"):
+                assert res.bytes_linked == size and res.bytes_streamed == 0, res
+            H.clear_outputs([dest])
+    H.clear_outputs([cache_dir])
+    base = statistics.median(times["proxy (dfrepo streams)"])
+    rows, table = {}, []
+    for case in cases:
+        med = statistics.median(times[case])
+        rows[case] = {"median_s": med, "min_s": min(times[case]), "speedup_vs_proxy": base / med,
+                      "bytes": moved[case], "samples": times[case]}
+        table.append([case, H.human(size), med, min(times[case]), base / med, H.human(moved[case]["streamed"]),
+                      H.human(moved[case]["linked_by_daemon"]), H.human(moved[case]["copied_by_daemon"]),
+                      H.human(moved[case]["from_dfrepo_cache"])])
+    md = H.markdown_table(["local hit on node A", "model", "median s", "min s", "× vs proxy", "bytes streamed",
+                           "linked by daemon", "copied by daemon", "from dfrepo cache"], table)
+    p = H.bar_chart(H.results_dir() / "real_local_hit.png", f"Local-peer hit of a {H.human(size)} model on node A",
+                    list(cases), [rows[c]["median_s"] for c in cases], "seconds (median)",
+                    annotate=[f"{rows[c]['median_s']:.2f}s\n{rows[c]['speedup_vs_proxy']:.1f}×" for c in cases])
+    H.write_result("real_local_hit", {"rows": rows, "charts": [str(p)] if p else []}, md)

@@ -59,8 +59,15 @@ else
     CARGO_PROFILE_RELEASE_PANIC=abort \
     CARGO_PROFILE_RELEASE_DEBUG=false \
     "${TIME[@]}" cargo install --locked "dragonfly-client@$DRAGONFLY_CLIENT_VERSION" \
-        --bin dfdaemon --bin dfget --root "$HOME_DIR" >"$LOGS/client.log" 2>&1 \
-        || { tail -60 "$LOGS/client.log" >&2; exit 1; }
+        --bin dfdaemon --bin dfget --root "$HOME_DIR" >"$LOGS/client.log" 2>&1 &
+    cargo_pid=$!
+    # Visible progress: crates compiled so far, every 30 s (about 660 in all).
+    while kill -0 "$cargo_pid" 2>/dev/null; do
+        sleep 30
+        kill -0 "$cargo_pid" 2>/dev/null || break
+        log "dfdaemon: $(grep -c '^ *Compiling' "$LOGS/client.log" || true) crates compiled, $(( $(date +%s) - start )) s"
+    done
+    wait "$cargo_pid" || { tail -60 "$LOGS/client.log" >&2; exit 1; }
     echo "seconds=$(( $(date +%s) - start ))" >"$HOME_DIR/.client.done"
     du -sh "$HOME_DIR/target" >>"$HOME_DIR/.client.done" 2>/dev/null || true
     rm -rf "$HOME_DIR/target"   # 5+ GB of intermediates; the binaries are installed

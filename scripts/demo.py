@@ -1,20 +1,23 @@
-"""The main job on embedded defaults: Triton loads a model from S3 through dfrepo and a Dragonfly peer.
+"""The main job on embedded defaults: Triton loads a model from S3 through dfrepo and Dragonfly.
 
-Started by ``bash scripts/demo.sh`` (which installs what it needs first). Everything
-listens on 127.0.0.1 and everything started here is stopped here, by PID:
+Started by ``bash scripts/demo.sh`` (which installs what it needs first, building the real
+Dragonfly once per machine). Everything listens on loopback and everything started here is
+stopped here, by PID:
 
 1. SeaweedFS (a real S3 server that checks SigV4) holding a sample model: a python-backend
    ``toy`` model computing ``x + 1`` with a weights file (``--size``, default 256 MiB).
-2. Two stand-in Dragonfly peers (dfdaemon's HTTP proxy protocol): node A, and node B whose
-   parent is A.
+2. The real Dragonfly: scheduler, a seed peer and two peers (node A, node B), each dfdaemon
+   on its own loopback address (``tests/servers/dragonfly.py``). ``--standin`` uses the
+   project's stand-in peers instead (node B's parent is A).
 3. A real ``tritonserver`` (node A) with dfrepo's ``dragonfly`` repository agent installed,
    repository ``s3://127.0.0.1:PORT/models/repo``, explicit model control.
 
-Then: load the model (dfrepo lists it once, downloads every file in parallel through peer
-A, Triton loads from the local copy), run an inference, unload and load again (served by
-the peer / dfrepo's cache), start a second Triton (node B) that loads the same model via
-peer B (a remote-peer hit), and print what happened: load times, bytes from the origin vs
-from peers, and the S3 request log proving Triton never fetched the model files itself.
+Then: load the model (dfrepo lists it once, fetches every file through node A's dfdaemon,
+Triton loads from the local copy), run an inference, unload and load again (dfrepo's
+cache), start a second Triton (node B) that loads the same model through node B's daemon
+(a remote-peer hit), and print what happened: load times, where the bytes came from (each
+daemon's own traffic metrics) and the S3 request log proving Triton never fetched the model
+files itself.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "peer")]
 
-from dfpeer import PeerProcess  # noqa: E402
 from servers.models import make_toy_model  # noqa: E402
 from servers.s3 import start_seaweedfs  # noqa: E402
 from servers.triton import start_triton  # noqa: E402
@@ -68,10 +70,108 @@ def model_gets(s3, bucket: str) -> tuple[int, int]:  # type: ignore[no-untyped-d
     return by_peer, by_others
 
 
+def traffic_line(cluster, before: dict, after: dict) -> str:  # type: ignore[no-untyped-def]
+    parts = []
+    for name in after:
+        delta = {k: after[name].get(k, 0) - before.get(name, {}).get(k, 0) for k in after[name]}
+        moved = ", ".join(f"{k.lower().replace('_', '-')} {human(v)}" for k, v in sorted(delta.items()) if v)
+        if moved:
+            parts.append(f"{name}: {moved}")
+    return "; ".join(parts) or "no daemon moved a byte"
+
+
+def real_main(args: argparse.Namespace, size: int, work: Path, started: list) -> dict:  # type: ignore[type-arg]
+    from servers.dragonfly import start_dragonfly_cluster
+
+    s3 = start_seaweedfs(work / "seaweedfs")
+    started.append(s3)
+    print(f"[demo] SeaweedFS S3 on {s3.endpoint}")
+    make_toy_model(work / "model-src", "toy", add=1.0, payload_bytes=size, agent="dragonfly", verify_payload=True)
+    upload_tree_s3(s3, "models", "repo", work / "model-src")
+    repo_url = s3.s3_url("models", "repo")
+    print(f"[demo] uploaded model 'toy' ({human(size)} of weights) to {repo_url}")
+    print("[demo] starting the real Dragonfly: scheduler, seed peer, peers A and B "
+          "(about 30 s: the scheduler learns its seed peers on a 30 s timer)")
+    cluster = start_dragonfly_cluster(work / "dragonfly", peers=2)
+    started.append(cluster)
+    node_a, node_b = cluster.peers
+    print(f"[demo] scheduler {cluster.scheduler.addr}; seed {cluster.seed.ip}; "
+          f"node A dfdaemon {node_a.proxy}; node B dfdaemon {node_b.proxy}")
+    agents = work / "repoagents"
+    lib = install_agent(str(agents))
+    print(f"[demo] dfrepo agent installed at {lib}")
+    creds = work / "cloud_credential.json"
+    creds.write_text(json.dumps({"s3": {"": {"key_id": s3.access_key, "secret_key": s3.secret_key,
+                                              "region": s3.region}}}))
+    os.chmod(creds, 0o600)
+
+    def node(name: str, daemon) -> object:  # type: ignore[no-untyped-def]
+        cfg = work / f"dragonfly_config_{name}.json"
+        cfg.write_text(json.dumps({"proxy": daemon.proxy, "fallback_direct": False}))
+        env = dict(s3.triton_env())
+        env.update({"TRITON_DRAGONFLY_CONFIG_PATH": str(cfg), "TRITON_CLOUD_CREDENTIAL_PATH": str(creds),
+                    "DFREPO_CACHE_DIR": str(work / f"cache-{name}")})
+        t = start_triton(work / f"triton-{name}", repo_url, repoagent_dir=str(agents), env=env)
+        started.append(t)
+        return t
+
+    def load(t, label: str) -> float:  # type: ignore[no-untyped-def]
+        t0 = time.monotonic()
+        status, body = t.load("toy")
+        dt = time.monotonic() - t0
+        if status != 200:
+            raise SystemExit(f"[demo] load failed ({status}): {body}\n{t.log()[-3000:]}")
+        print(f"[demo] {label}: model READY in {dt:.2f} s")
+        return dt
+
+    triton_a = node("a", node_a)
+    print(f"[demo] tritonserver node A on {triton_a.http_url}")  # type: ignore[attr-defined]
+    s3.clear_log()
+    t0 = cluster.traffic()
+    t_cold = load(triton_a, "node A, cold (origin -> seed peer -> node A's dfdaemon -> dfrepo)")
+    out = triton_a.infer_fp32("toy", "INPUT0", [1, 2, 3, 4], "OUTPUT0")  # type: ignore[attr-defined]
+    print(f"[demo] inference toy([1, 2, 3, 4]) = {out}")
+    assert out == [2.0, 3.0, 4.0, 5.0], out
+    t1 = cluster.traffic()
+    by_peer, by_others = model_gets(s3, "models")
+    print(f"[demo] daemons' traffic metrics: {traffic_line(cluster, t0, t1)}")
+    print(f"[demo] S3 GETs of model files: {by_peer} by Dragonfly daemons, {by_others} by anyone else "
+          "(Triton and dfrepo never fetched them)")
+    if by_others:
+        raise SystemExit("[demo] unexpected: something other than a Dragonfly daemon fetched model files")
+
+    triton_a.unload("toy")  # type: ignore[attr-defined]
+    s3.clear_log()
+    t_reload = load(triton_a, "node A, reload (dfrepo persistent cache)")
+    t2 = cluster.traffic()
+    print(f"[demo] reload: {traffic_line(cluster, t1, t2)}; S3 model-file GETs: "
+          f"{sum(model_gets(s3, 'models'))} (files hard-linked from the dfrepo cache)")
+
+    s3.clear_log()
+    triton_b = node("b", node_b)
+    t_remote = load(triton_b, "node B, first load (remote-peer hit: pieces from the seed and node A)")
+    out_b = triton_b.infer_fp32("toy", "INPUT0", [1, 2, 3, 4], "OUTPUT0")  # type: ignore[attr-defined]
+    t3 = cluster.traffic()
+    weights_gets = [r for r in s3.requests() if r.method == "GET" and r.target.split("?", 1)[0].endswith(
+        "weights.bin") and r.headers.get("range", "").replace(" ", "") != "bytes=0-0"]
+    print(f"[demo] node B inference = {out_b}; {traffic_line(cluster, t2, t3)}; S3 content GETs of the "
+          f"weights: {len(weights_gets)} (node B's daemon only sent its 1-byte stat)")
+    return {
+        "dragonfly": cluster.describe(),
+        "model_bytes": size,
+        "load_seconds": {"cold": t_cold, "reload_cache": t_reload, "node_b_remote_peer": t_remote},
+        "s3_model_gets_node_a": {"by_daemons": by_peer, "by_others": by_others},
+        "node_b_weights_content_gets": len(weights_gets),
+        "inference": out,
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="256", help="weights size in MiB (default 256)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--standin", action="store_true",
+                    help="use the project's stand-in peers (peer/dfpeer) instead of the real Dragonfly")
     args = ap.parse_args()
     size = int(float(args.size) * MiB)
 
@@ -80,6 +180,13 @@ def main() -> int:
     report: dict[str, object] = {}
     try:
         print(f"[demo] work dir {work}")
+        if not args.standin:
+            report = real_main(args, size, work, started)
+            print("[demo] summary:")
+            print(json.dumps(report, indent=2))
+            return 0
+        from dfpeer import PeerProcess
+
         s3 = start_seaweedfs(work / "seaweedfs")
         started.append(s3)
         print(f"[demo] SeaweedFS S3 on {s3.endpoint}")
@@ -93,7 +200,7 @@ def main() -> int:
         started.append(peer_a)
         peer_b = PeerProcess(work / "peer-b", parent=peer_a.url).start()
         started.append(peer_b)
-        print(f"[demo] Dragonfly stand-in peers: A {peer_a.url}, B {peer_b.url} (parent A)")
+        print(f"[demo] Dragonfly STAND-IN peers (--standin): A {peer_a.url}, B {peer_b.url} (parent A)")
 
         agents = work / "repoagents"
         lib = install_agent(str(agents))
@@ -104,7 +211,7 @@ def main() -> int:
                                                   "region": s3.region}}}))
         os.chmod(creds, 0o600)
 
-        def node(name: str, peer: PeerProcess) -> object:
+        def node(name: str, peer: PeerProcess) -> object:  # type: ignore[valid-type]
             cfg = work / f"dragonfly_config_{name}.json"
             cfg.write_text(json.dumps({"proxy": peer.url}))
             env = dict(s3.triton_env())

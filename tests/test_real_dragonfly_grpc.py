@@ -137,3 +137,59 @@ def test_grpc_origin_error_is_an_http_status_error(dragonfly_cluster, seaweedfs,
         daemon.close()
     assert ei.value.status in (403, 404)
     assert "deadbeefsecret" not in str(ei.value) and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("fallback", [True, False])
+def test_daemon_killed_mid_grpc_download(dragonfly_cluster, seaweedfs, s3env, tmp_path: Path, fallback: bool) -> None:  # type: ignore[no-untyped-def]
+    """The daemon dies while it streams pieces to dfrepo over gRPC: the same rules as the
+    proxy path — fallback on: the pull finishes over HTTP (proxy down -> origin), byte-exact;
+    fallback off: ProxyUnavailableError. Nothing partial is visible either way."""
+    import threading
+    import time
+
+    node = dragonfly_cluster.peers[1]
+    files = _files(tmp_path / "src", seed=50 + fallback, big=192 * MiB)
+    upload(seaweedfs, "real-grpc", f"repo/kill-{fallback}", tmp_path / "src")
+    dest = tmp_path / "out"
+    stop = threading.Event()
+
+    def killer() -> None:
+        # Kill once the daemon has started writing the weights into dfrepo's stage.
+        deadline = time.monotonic() + 60
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                parts = [p for p in tmp_path.rglob("*.dfrepo-daemon") if p.stat().st_size > 0]
+            except FileNotFoundError:  # a stage appeared or vanished while we looked
+                parts = []
+            if parts:
+                node.kill()
+                return
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    cfg = DragonflyConfig(transport="grpc", socket=str(node.socket_path), proxy=node.proxy,
+                          fallback_direct=fallback)
+    transfer = TransferConfig(fsync=False, max_attempts=2, backoff_base=0.05)
+    try:
+        if fallback:
+            res = pull(seaweedfs.s3_url("real-grpc", f"repo/kill-{fallback}"), dest, env=s3env,
+                       dragonfly=cfg, transfer=transfer)
+            assert not node.is_alive(), "the daemon was killed during the pull"
+            assert tree(dest) == files
+            assert res.via == "direct" and res.fallback_reason
+        else:
+            with pytest.raises(errors.DfrepoError) as ei:
+                pull(seaweedfs.s3_url("real-grpc", f"repo/kill-{fallback}"), dest, env=s3env,
+                     dragonfly=cfg, transfer=transfer)
+            assert not node.is_alive()
+            assert isinstance(ei.value, (errors.ProxyUnavailableError, errors.TransferError)), ei.value
+            assert "X-Amz-Signature" not in str(ei.value)
+            assert not dest.exists()
+        leftovers = [p for p in tmp_path.rglob("*") if "dfrepo-stage" in p.name or p.name.endswith(
+            (".dfrepo-part", ".dfrepo-daemon"))]
+        assert leftovers == []
+    finally:
+        stop.set()
+        thread.join()
+        node.restart()

@@ -58,6 +58,8 @@ DEFAULT_SOCKET = "/var/run/dragonfly/dfdaemon.sock"
 # gRPC status codes after which the same call may succeed (the daemon restarts, is busy).
 _RETRYABLE = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "ABORTED", "CANCELLED"})
 _URLISH = re.compile(r"(\w+://[^\s\"'?]*)\?[^\s\"']*")
+# A stream the transport lost (the daemon died or reset it): like a broken connection.
+_BROKEN_STREAM = re.compile(r"stream removed|socket closed|connection reset|broken pipe|RST_STREAM", re.IGNORECASE)
 _LINK_FAILURE = re.compile(r"hard.?link|cross-device|EXDEV|os error 18", re.IGNORECASE)
 
 
@@ -227,7 +229,7 @@ class DaemonGrpc:
         if force_hard_link and _LINK_FAILURE.search(details):
             return _LinkFailed()
         message = f"dfdaemon gRPC {code}: {_scrub(details)}"
-        if code in _RETRYABLE:
+        if code in _RETRYABLE or (code == "INTERNAL" and _BROKEN_STREAM.search(details)):
             return GrpcUnavailable(message, url=url, code=code)
         if code == "PERMISSION_DENIED":
             return HTTPStatusError(message, status=403, url=url, error_type="proxy")
