@@ -46,7 +46,7 @@ MODES: dict[str, dict[str, Any]] = {
 
 def _sizes(sc: dict[str, Any]) -> dict[str, Any]:
     if H.scale_name() == "full":
-        return {"single": 2 * H.GiB, "many": (64, 16 * H.MiB), "fanout": 1 * H.GiB}
+        return {"single": 2 * H.GiB, "many": (32, 16 * H.MiB), "fanout": 1 * H.GiB}
     return {"single": 96 * H.MiB, "many": (12, 6 * H.MiB), "fanout": 64 * H.MiB}
 
 
@@ -74,99 +74,112 @@ def _origin_requests(seaweedfs: Any, prefix: str) -> tuple[int, int]:
     return content, stat
 
 
-def test_request_modes(real_cluster, seaweedfs, bench_scale, tmpfs_dir) -> None:  # type: ignore[no-untyped-def]
-    sc = bench_scale
-    sizes = _sizes(sc)
-    cluster = real_cluster
+def _bucket(seaweedfs: Any) -> Any:
     client = seaweedfs.client()
     try:
         client.head_bucket(Bucket=BUCKET)
     except Exception:  # noqa: BLE001
         client.create_bucket(Bucket=BUCKET)
-    src = tmpfs_dir / "src-modes"
-    H.write_source(src / "single" / "model.bin", sizes["single"], seed=5)
-    count, each = sizes["many"]
-    for i in range(count):
-        H.write_source(src / "many" / "1" / f"shard-{i:04d}.bin", each, seed=100 + i)
+    return client
+
+
+def _run_modes(model: str, cluster: Any, seaweedfs: Any, tmpfs_dir: Path, files: dict[str, int],
+               modes: dict[str, dict[str, Any]], rounds: int) -> None:
+    """Upload *files* ({name: size}) under ``modes/<model>``, run every mode *rounds* times
+    (fresh tag each round: node A cold, then node B), write ``real_modes_<model>``."""
     from servers.upload import upload_tree_s3
 
-    upload_tree_s3(seaweedfs, BUCKET, "modes", src)
+    _bucket(seaweedfs)
+    src = tmpfs_dir / f"src-modes-{model}"
+    for i, (name, size) in enumerate(files.items()):
+        H.write_source(src / name, size, seed=100 + i)
+    upload_tree_s3(seaweedfs, BUCKET, f"modes/{model}", src)
     H.clear_outputs([src])
-    env = dict(seaweedfs.triton_env())
-    env["TRITON_DRAGONFLY_CONFIG_PATH"] = str(tmpfs_dir / "none.json")
-    models = {"single": (f"modes/single", sizes["single"]), "many": (f"modes/many", count * each)}
+    env = dict(seaweedfs.triton_env(), TRITON_DRAGONFLY_CONFIG_PATH=str(tmpfs_dir / "none.json"))
+    prefix, total = f"modes/{model}", sum(files.values())
     rows: dict[str, dict[str, Any]] = {}
     table = []
-    # The smoke scale (part of the test command) runs two modes once; the full scale all of them.
-    modes = MODES if H.scale_name() == "full" else {m: MODES[m] for m in ("one GET per file", "ranges 16 MiB")}
-    rounds = min(sc["rounds"], 3) if H.scale_name() == "full" else 1
-    for model, (prefix, total) in models.items():
-        for mode, knobs in modes.items():
-            samples: dict[str, list[float]] = {"a_s": [], "b_s": [], "registered": [], "origin_a": [],
-                                               "origin_b": [], "stat_b": [], "requests": [], "btos": []}
-            for rnd in range(rounds):
-                tag = f"bench-{uuid.uuid4().hex[:12]}"
-                transfer = TransferConfig(fsync=False, range_size=knobs.get("range_size", 32 * H.MiB),
-                                          concurrency=knobs.get("concurrency", TransferConfig().concurrency))
-                for node_name, node in (("a", cluster.peers[0]), ("b", cluster.peers[1])):
-                    df = DragonflyConfig(proxy=node.proxy, fallback_direct=False, tag=tag,
-                                         peer_ranges=knobs["peer_ranges"])
-                    dest = tmpfs_dir / f"out-{model}-{node_name}"
-                    H.clear_outputs([dest])
-                    seaweedfs.clear_log()
-                    reg0, t0 = _registered(cluster), _all_traffic(cluster)
-                    started = time.perf_counter()
-                    res = pull(seaweedfs.s3_url(BUCKET, prefix), dest, env=env, dragonfly=df, transfer=transfer)
-                    seconds = time.perf_counter() - started
-                    reg1, t1 = _registered(cluster), _all_traffic(cluster)
-                    content, stat = _origin_requests(seaweedfs, f"/{BUCKET}/{prefix}/")
-                    assert res.bytes == total and res.via == "proxy"
-                    assert all(r.task_id == r.predicted_task_id for r in res.results)
-                    samples[f"{node_name}_s"].append(seconds)
-                    samples[f"origin_{node_name}"].append(content)
-                    if node_name == "a":
-                        samples["registered"].append(reg1 - reg0)
-                        samples["requests"].append(res.requests)
-                        samples["btos"].append(t1.get("BACK_TO_SOURCE", 0) - t0.get("BACK_TO_SOURCE", 0))
-                    else:
-                        samples["stat_b"].append(stat)
-                        # The claim of P2P: node B takes no content from the store.
-                        assert content == 0, f"{model}/{mode}: node B fetched content from the origin"
-                    H.clear_outputs([dest])
-                cluster.forget_all()  # every daemon drops this round's tasks: bounded disk
-            med = {k: statistics.median(v) for k, v in samples.items() if v}
-            row = {"model": model, "mode": mode, "bytes": total, **med,
-                   "a_gibps": total / med["a_s"] / H.GiB, "b_gibps": total / med["b_s"] / H.GiB,
-                   "rounds": len(samples["a_s"]), "samples": samples}
-            rows[f"{model}/{mode}"] = row
-            table.append([model, H.human(total), mode, med["a_s"], row["a_gibps"], med["b_s"], row["b_gibps"],
-                          int(med["requests"]), int(med["registered"]), int(med["origin_a"]),
-                          int(med["stat_b"]), med["btos"] / total])
+    for mode, knobs in modes.items():
+        samples: dict[str, list[float]] = {"a_s": [], "b_s": [], "registered": [], "origin_a": [],
+                                           "origin_b": [], "stat_b": [], "requests": [], "btos": []}
+        for _ in range(rounds):
+            tag = f"bench-{uuid.uuid4().hex[:12]}"
+            transfer = TransferConfig(fsync=False, range_size=knobs.get("range_size", 32 * H.MiB),
+                                      concurrency=knobs.get("concurrency", TransferConfig().concurrency))
+            for node_name, node in (("a", cluster.peers[0]), ("b", cluster.peers[1])):
+                df = DragonflyConfig(proxy=node.proxy, fallback_direct=False, tag=tag,
+                                     peer_ranges=knobs["peer_ranges"])
+                dest = tmpfs_dir / f"out-{model}-{node_name}"
+                H.clear_outputs([dest])
+                seaweedfs.clear_log()
+                reg0, t0 = _registered(cluster), _all_traffic(cluster)
+                started = time.perf_counter()
+                res = pull(seaweedfs.s3_url(BUCKET, prefix), dest, env=env, dragonfly=df, transfer=transfer)
+                seconds = time.perf_counter() - started
+                reg1, t1 = _registered(cluster), _all_traffic(cluster)
+                content, stat = _origin_requests(seaweedfs, f"/{BUCKET}/{prefix}/")
+                assert res.bytes == total and res.via == "proxy"
+                assert all(r.task_id == r.predicted_task_id for r in res.results)
+                samples[f"{node_name}_s"].append(seconds)
+                samples[f"origin_{node_name}"].append(content)
+                if node_name == "a":
+                    samples["registered"].append(reg1 - reg0)
+                    samples["requests"].append(res.requests)
+                    samples["btos"].append(t1.get("BACK_TO_SOURCE", 0) - t0.get("BACK_TO_SOURCE", 0))
+                else:
+                    samples["stat_b"].append(stat)
+                    # The claim of P2P: node B takes no content from the store.
+                    assert content == 0, f"{model}/{mode}: node B fetched content from the origin"
+                H.clear_outputs([dest])
+            cluster.forget_all()  # every daemon drops this round's tasks: bounded disk
+        med = {k: statistics.median(v) for k, v in samples.items() if v}
+        row = {"model": model, "mode": mode, "bytes": total, "files": len(files), **med,
+               "a_gibps": total / med["a_s"] / H.GiB, "b_gibps": total / med["b_s"] / H.GiB,
+               "rounds": len(samples["a_s"]), "samples": samples}
+        rows[mode] = row
+        table.append([f"{len(files)} × {H.human(max(files.values()))}", mode, med["a_s"], row["a_gibps"],
+                      med["b_s"], row["b_gibps"], int(med["requests"]), int(med["registered"]),
+                      int(med["origin_a"]), int(med["stat_b"]), med["btos"] / total])
     md = H.markdown_table(
-        ["model", "size", "mode", "node A cold s", "A GiB/s", "node B remote s", "B GiB/s", "dfrepo requests",
+        ["model", "mode", "node A cold s", "A GiB/s", "node B remote s", "B GiB/s", "dfrepo requests",
          "peers registered (A)", "origin GETs (A)", "origin stat GETs (B)", "back-to-source ÷ size"], table)
-    charts = []
-    for model in models:
-        labels = list(modes)
-        p = H.bar_chart(H.results_dir() / f"real_modes_{model}.png",
-                        f"Real dfdaemon, {model} ({H.human(models[model][1])}): node B remote-peer time",
-                        labels, [rows[f"{model}/{m}"]["b_s"] for m in labels], "seconds (median)",
-                        annotate=[f"{rows[f'{model}/{m}']['b_s']:.2f}s\n{int(rows[f'{model}/{m}']['registered'])} peers"
-                                  for m in labels])
-        if p:
-            charts.append(str(p))
-    H.write_result("real_modes", {"rows": rows, "charts": charts, "cluster": cluster.describe()}, md)
+    p = H.bar_chart(H.results_dir() / f"real_modes_{model}.png",
+                    f"Real dfdaemon, {len(files)} file(s), {H.human(total)}: node A cold / node B remote",
+                    [f"{m}\nA cold" for m in modes] + [f"{m}\nB remote" for m in modes],
+                    [rows[m]["a_s"] for m in modes] + [rows[m]["b_s"] for m in modes], "seconds (median)",
+                    annotate=[f"{rows[m]['a_s']:.1f}s\n{int(rows[m]['registered'])} peers" for m in modes]
+                    + [f"{rows[m]['b_s']:.1f}s" for m in modes])
+    H.write_result(f"real_modes_{model}", {"rows": rows, "charts": [str(p)] if p else [],
+                                          "cluster": cluster.describe()}, md)
+
+
+def _rounds(sc: dict[str, Any]) -> int:
+    return min(sc["rounds"], 2) if H.scale_name() == "full" else 1
+
+
+def test_request_modes_single(real_cluster, seaweedfs, bench_scale, tmpfs_dir) -> None:  # type: ignore[no-untyped-def]
+    """5a. One large object: one GET vs piece-aligned ranges of 16, 64 and 256 MiB."""
+    modes = MODES if H.scale_name() == "full" else {m: MODES[m] for m in ("one GET per file", "ranges 16 MiB")}
+    _run_modes("single", real_cluster, seaweedfs, tmpfs_dir, {"model.bin": _sizes(bench_scale)["single"]},
+               modes, _rounds(bench_scale))
+
+
+def test_request_modes_many(real_cluster, seaweedfs, bench_scale, tmpfs_dir) -> None:  # type: ignore[no-untyped-def]
+    """5a. A many-file model: files of a few pieces each, so every range mode is one range per
+    file; what differs is how many files are in flight."""
+    count, each = _sizes(bench_scale)["many"]
+    modes = {m: MODES[m] for m in ("one GET per file", "one GET per file, 16 in flight", "ranges 16 MiB")}
+    if H.scale_name() != "full":
+        modes = {m: MODES[m] for m in ("one GET per file", "one GET per file, 16 in flight")}
+    _run_modes("many", real_cluster, seaweedfs, tmpfs_dir, {f"1/shard-{i:04d}.bin": each for i in range(count)},
+               modes, _rounds(bench_scale))
 
 
 def test_fanout_real(real_cluster, seaweedfs, bench_scale, tmpfs_dir) -> None:  # type: ignore[no-untyped-def]
     sc = bench_scale
     size = _sizes(sc)["fanout"]
     cluster = real_cluster
-    client = seaweedfs.client()
-    try:
-        client.head_bucket(Bucket=BUCKET)
-    except Exception:  # noqa: BLE001
-        client.create_bucket(Bucket=BUCKET)
+    client = _bucket(seaweedfs)
     src = tmpfs_dir / "src-fanout-real" / "model.bin"
     H.write_source(src, size, seed=9)
     client.upload_file(str(src), BUCKET, "fanout/model.bin")
@@ -227,11 +240,7 @@ def test_local_hit_grpc_link_vs_proxy_vs_cache(real_cluster, seaweedfs, bench_sc
     size = _sizes(sc)["single"]
     cluster = real_cluster
     node = cluster.peers[0]
-    client = seaweedfs.client()
-    try:
-        client.head_bucket(Bucket=BUCKET)
-    except Exception:  # noqa: BLE001
-        client.create_bucket(Bucket=BUCKET)
+    client = _bucket(seaweedfs)
     src = tmpfs_dir / "src-local" / "1" / "weights.bin"
     H.write_source(src, size, seed=13)
     from servers.upload import upload_tree_s3

@@ -70,6 +70,41 @@ def model_gets(s3, bucket: str) -> tuple[int, int]:  # type: ignore[no-untyped-d
     return by_peer, by_others
 
 
+class Nodes:
+    """Triton "nodes" on one repository: the agent installed once, one credential file, each
+    node its own dragonfly_config.json (pointing at its proxy) and its own dfrepo cache."""
+
+    def __init__(self, work: Path, s3, repo_url: str, started: list) -> None:  # type: ignore[no-untyped-def, type-arg]
+        self.work, self.s3, self.repo_url, self.started = work, s3, repo_url, started
+        self.agents = work / "repoagents"
+        lib = install_agent(str(self.agents))
+        print(f"[demo] dfrepo agent installed at {lib}")
+        self.creds = work / "cloud_credential.json"
+        self.creds.write_text(json.dumps({"s3": {"": {"key_id": s3.access_key, "secret_key": s3.secret_key,
+                                                       "region": s3.region}}}))
+        os.chmod(self.creds, 0o600)
+
+    def start(self, name: str, dragonfly: dict) -> object:  # type: ignore[type-arg]
+        cfg = self.work / f"dragonfly_config_{name}.json"
+        cfg.write_text(json.dumps(dragonfly))
+        env = dict(self.s3.triton_env())
+        env.update({"TRITON_DRAGONFLY_CONFIG_PATH": str(cfg), "TRITON_CLOUD_CREDENTIAL_PATH": str(self.creds),
+                    "DFREPO_CACHE_DIR": str(self.work / f"cache-{name}")})
+        t = start_triton(self.work / f"triton-{name}", self.repo_url, repoagent_dir=str(self.agents), env=env)
+        self.started.append(t)
+        return t
+
+    @staticmethod
+    def load(t, label: str) -> float:  # type: ignore[no-untyped-def]
+        t0 = time.monotonic()
+        status, body = t.load("toy")
+        dt = time.monotonic() - t0
+        if status != 200:
+            raise SystemExit(f"[demo] load failed ({status}): {body}\n{t.log()[-3000:]}")
+        print(f"[demo] {label}: model READY in {dt:.2f} s")
+        return dt
+
+
 def traffic_line(cluster, before: dict, after: dict) -> str:  # type: ignore[no-untyped-def]
     parts = []
     for name in after:
@@ -97,34 +132,9 @@ def real_main(args: argparse.Namespace, size: int, work: Path, started: list) ->
     node_a, node_b = cluster.peers
     print(f"[demo] scheduler {cluster.scheduler.addr}; seed {cluster.seed.ip}; "
           f"node A dfdaemon {node_a.proxy}; node B dfdaemon {node_b.proxy}")
-    agents = work / "repoagents"
-    lib = install_agent(str(agents))
-    print(f"[demo] dfrepo agent installed at {lib}")
-    creds = work / "cloud_credential.json"
-    creds.write_text(json.dumps({"s3": {"": {"key_id": s3.access_key, "secret_key": s3.secret_key,
-                                              "region": s3.region}}}))
-    os.chmod(creds, 0o600)
-
-    def node(name: str, daemon) -> object:  # type: ignore[no-untyped-def]
-        cfg = work / f"dragonfly_config_{name}.json"
-        cfg.write_text(json.dumps({"proxy": daemon.proxy, "fallback_direct": False}))
-        env = dict(s3.triton_env())
-        env.update({"TRITON_DRAGONFLY_CONFIG_PATH": str(cfg), "TRITON_CLOUD_CREDENTIAL_PATH": str(creds),
-                    "DFREPO_CACHE_DIR": str(work / f"cache-{name}")})
-        t = start_triton(work / f"triton-{name}", repo_url, repoagent_dir=str(agents), env=env)
-        started.append(t)
-        return t
-
-    def load(t, label: str) -> float:  # type: ignore[no-untyped-def]
-        t0 = time.monotonic()
-        status, body = t.load("toy")
-        dt = time.monotonic() - t0
-        if status != 200:
-            raise SystemExit(f"[demo] load failed ({status}): {body}\n{t.log()[-3000:]}")
-        print(f"[demo] {label}: model READY in {dt:.2f} s")
-        return dt
-
-    triton_a = node("a", node_a)
+    nodes = Nodes(work, s3, repo_url, started)
+    load = nodes.load
+    triton_a = nodes.start("a", {"proxy": node_a.proxy, "fallback_direct": False})
     print(f"[demo] tritonserver node A on {triton_a.http_url}")  # type: ignore[attr-defined]
     s3.clear_log()
     t0 = cluster.traffic()
@@ -148,7 +158,7 @@ def real_main(args: argparse.Namespace, size: int, work: Path, started: list) ->
           f"{sum(model_gets(s3, 'models'))} (files hard-linked from the dfrepo cache)")
 
     s3.clear_log()
-    triton_b = node("b", node_b)
+    triton_b = nodes.start("b", {"proxy": node_b.proxy, "fallback_direct": False})
     t_remote = load(triton_b, "node B, first load (remote-peer hit: pieces from the seed and node A)")
     out_b = triton_b.infer_fp32("toy", "INPUT0", [1, 2, 3, 4], "OUTPUT0")  # type: ignore[attr-defined]
     t3 = cluster.traffic()
@@ -202,35 +212,9 @@ def main() -> int:
         started.append(peer_b)
         print(f"[demo] Dragonfly STAND-IN peers (--standin): A {peer_a.url}, B {peer_b.url} (parent A)")
 
-        agents = work / "repoagents"
-        lib = install_agent(str(agents))
-        print(f"[demo] dfrepo agent installed at {lib}")
-
-        creds = work / "cloud_credential.json"
-        creds.write_text(json.dumps({"s3": {"": {"key_id": s3.access_key, "secret_key": s3.secret_key,
-                                                  "region": s3.region}}}))
-        os.chmod(creds, 0o600)
-
-        def node(name: str, peer: PeerProcess) -> object:  # type: ignore[valid-type]
-            cfg = work / f"dragonfly_config_{name}.json"
-            cfg.write_text(json.dumps({"proxy": peer.url}))
-            env = dict(s3.triton_env())
-            env.update({"TRITON_DRAGONFLY_CONFIG_PATH": str(cfg), "TRITON_CLOUD_CREDENTIAL_PATH": str(creds),
-                        "DFREPO_CACHE_DIR": str(work / f"cache-{name}")})
-            t = start_triton(work / f"triton-{name}", repo_url, repoagent_dir=str(agents), env=env)
-            started.append(t)
-            return t
-
-        def load(t, label: str) -> float:  # type: ignore[no-untyped-def]
-            t0 = time.monotonic()
-            status, body = t.load("toy")
-            dt = time.monotonic() - t0
-            if status != 200:
-                raise SystemExit(f"[demo] load failed ({status}): {body}\n{t.log()[-3000:]}")
-            print(f"[demo] {label}: model READY in {dt:.2f} s")
-            return dt
-
-        triton_a = node("a", peer_a)
+        nodes = Nodes(work, s3, repo_url, started)
+        load = nodes.load
+        triton_a = nodes.start("a", {"proxy": peer_a.url})
         print(f"[demo] tritonserver node A on {triton_a.http_url}")  # type: ignore[attr-defined]
         s3.clear_log()
         peer_a.reset_stats()
@@ -254,7 +238,7 @@ def main() -> int:
               f"{sum(model_gets(s3, 'models'))} (files hard-linked from the dfrepo cache)")
 
         peer_a.reset_stats()
-        triton_b = node("b", peer_b)
+        triton_b = nodes.start("b", {"proxy": peer_b.url})
         t_remote = load(triton_b, "node B, first load (remote-peer hit via peer A)")
         out_b = triton_b.infer_fp32("toy", "INPUT0", [1, 2, 3, 4], "OUTPUT0")  # type: ignore[attr-defined]
         stats_b = peer_b.stats()

@@ -8,7 +8,7 @@ from pathlib import Path
 MiB = 1024 * 1024
 
 
-def make_model(root: Path, weights: int = 3 * MiB + 11, seed: int = 1) -> dict[str, bytes]:
+def make_model(root: Path, weights: int = 3 * MiB + 11, seed: int = 1, extra: int = 12345) -> dict[str, bytes]:
     """Write the model under *root*; return {relative path: bytes}."""
     rnd = random.Random(seed)
     files = {
@@ -16,7 +16,7 @@ def make_model(root: Path, weights: int = 3 * MiB + 11, seed: int = 1) -> dict[s
         "labels.txt": b"cat\ndog\n",
         "1/model.py": b"# model\n",
         "1/weights.bin": rnd.randbytes(weights),
-        "2/sub/extra.bin": rnd.randbytes(12345),
+        "2/sub/extra.bin": rnd.randbytes(extra),
     }
     for rel, data in files.items():
         p = root / rel

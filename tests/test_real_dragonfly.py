@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from modelfiles import tree, upload
+from modelfiles import make_model, tree, upload
 
 from dfrepo import errors
 from dfrepo.config import TransferConfig
@@ -35,21 +35,7 @@ CFG = TransferConfig(fsync=False)
 
 def _model(root: Path, *, big: int, seed: int) -> dict[str, bytes]:
     """Two large files (P2P) and three small ones (≤ 4 MiB: straight to the origin)."""
-    import random
-
-    rnd = random.Random(seed)
-    files = {
-        "config.pbtxt": b'name: "m"\nbackend: "python"\n',
-        "labels.txt": b"cat\ndog\n",
-        "1/model.py": b"# model\n",
-        "1/weights.bin": rnd.randbytes(big),
-        "1/extra.bin": rnd.randbytes(SMALL_TO_SOURCE + 1),
-    }
-    for rel, data in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    return files
+    return make_model(root, weights=big, seed=seed, extra=SMALL_TO_SOURCE + 1)
 
 
 def _origin_gets(s3: Any, prefix: str) -> list[tuple[str, str | None]]:
