@@ -469,3 +469,29 @@ def test_through_a_peer_whole_get_resumes_with_a_range(impl: str, tmp_path: Path
                        dragonfly=_peer_cfg(srv), implementation=impl)
         assert srv.ranges == [None, f"bytes={MiB}-{len(data) - 1}"]
     assert (tmp_path / "out").read_bytes() == data and res.retries == 1
+
+
+def test_default_concurrency_depends_on_the_kind_of_batch() -> None:
+    from dfrepo.config import DIRECT_CONCURRENCY, PEER_FILES_IN_FLIGHT
+
+    cfg = TransferConfig()
+    assert cfg.concurrency is None
+    assert cfg.workers(files_through_peer=False) == DIRECT_CONCURRENCY == 4
+    assert cfg.workers(files_through_peer=True) == PEER_FILES_IN_FLIGHT == 16
+    assert TransferConfig(concurrency=3).workers(files_through_peer=True) == 3, "a set value is used as given"
+    assert TransferConfig().with_overrides({"concurrency": "auto"}).concurrency is None
+    assert TransferConfig().with_overrides({"concurrency": "7"}).concurrency == 7
+    with pytest.raises(errors.ConfigError):
+        TransferConfig().with_overrides({"concurrency": "many"})
+
+
+def test_whole_files_through_a_peer_keep_sixteen_in_flight(impl: str, tmp_path: Path) -> None:
+    """One GET per file through a peer: 16 files in flight by default (each is one request
+    whose pieces the daemon fetches in parallel), not the 4 ranges used against an origin."""
+    with RangeServer(Knobs(stall_seconds=0.3)) as srv:
+        reqs = [DownloadRequest(url=srv.put(f"/f{i}", data_of(1000, seed=i)), dest=tmp_path / f"f{i}", size=1000)
+                for i in range(20)]
+        with Downloader(TransferConfig(fsync=False), dragonfly=_peer_cfg(srv), implementation=impl) as dl:
+            dl.download_many(reqs)
+        assert srv.max_active == 16
+    assert all((tmp_path / f"f{i}").read_bytes() == data_of(1000, seed=i) for i in range(20))

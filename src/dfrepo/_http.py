@@ -71,7 +71,8 @@ class Transport:
         self.config = config
         self.proxy = proxy or None
         self.fallback_direct = fallback_direct
-        size = maxsize or config.concurrency
+        # Enough connections for either kind of batch (urllib3 opens them lazily).
+        size = maxsize or config.workers(files_through_peer=bool(proxy))
         timeout = urllib3.Timeout(connect=config.connect_timeout, read=config.read_timeout)
         self._direct = urllib3.PoolManager(
             num_pools=32,

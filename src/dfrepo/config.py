@@ -12,6 +12,11 @@ MiB = 1024 * 1024
 
 IOMode = Literal["auto", "readinto", "recv", "splice"]
 
+#: Parallel ranges against an origin when ``concurrency`` is not set.
+DIRECT_CONCURRENCY = 4
+#: Whole files in flight through a Dragonfly peer when ``concurrency`` is not set.
+PEER_FILES_IN_FLIGHT = 16
+
 
 @dataclass(frozen=True)
 class TransferConfig:
@@ -20,7 +25,12 @@ class TransferConfig:
     Memory bound per download: ``concurrency * buffer_size`` (plus urllib3's small
     per-connection buffers); it does not grow with the object size.
 
-    :param concurrency: parallel range GETs (and pooled connections) per object.
+    :param concurrency: requests in flight at once (and pooled connections) for one batch;
+        None (the default) = :data:`DIRECT_CONCURRENCY` ranges against an origin, and
+        :data:`PEER_FILES_IN_FLIGHT` files through a Dragonfly peer in one-GET-per-file mode
+        (each request is a whole file whose pieces the daemon fetches in parallel; measured on
+        the real dfdaemon, 32 × 16 MiB cold: 4.0 s with 16 in flight vs 8.7 s with 4). A
+        number is used as given everywhere.
     :param range_size: bytes per range request. At least 8 MiB by default because
         Dragonfly sends ranges of 4 MiB or less straight to the origin, bypassing P2P.
     :param buffer_size: the reused read buffer per worker.
@@ -40,7 +50,7 @@ class TransferConfig:
     :param preallocate: reserve the whole file up front (early ENOSPC, less fragmentation).
     """
 
-    concurrency: int = 4
+    concurrency: int | None = None
     range_size: int = 32 * MiB
     buffer_size: int = 1 * MiB
     connect_timeout: float = 10.0
@@ -59,7 +69,7 @@ class TransferConfig:
         def bad(key: str, why: str) -> ConfigError:
             return ConfigError(f"invalid transfer setting {key}: {why}", source="arg", key=key)
 
-        if not 1 <= self.concurrency <= 256:
+        if self.concurrency is not None and (isinstance(self.concurrency, bool) or not 1 <= self.concurrency <= 256):
             raise bad("concurrency", "must be between 1 and 256")
         if self.range_size < 64 * 1024:
             raise bad("range_size", "must be at least 64 KiB")
@@ -76,6 +86,12 @@ class TransferConfig:
         if self.ca_bundle is not None and not os.path.isfile(self.ca_bundle):
             raise bad("ca_bundle", "file does not exist")
 
+    def workers(self, *, files_through_peer: bool) -> int:
+        """Requests in flight: ``concurrency``, or the default for this kind of transfer."""
+        if self.concurrency is not None:
+            return self.concurrency
+        return PEER_FILES_IN_FLIGHT if files_through_peer else DIRECT_CONCURRENCY
+
     def with_overrides(self, overrides: Mapping[str, Any]) -> TransferConfig:
         """Return a copy with *overrides* applied (strings are converted to the field type)."""
         known = {f.name: f for f in fields(self)}
@@ -89,6 +105,13 @@ class TransferConfig:
 
 
 def _convert(key: str, value: Any, current: Any) -> Any:
+    if key == "concurrency" and isinstance(value, str):  # a number, or "auto" (the default rule)
+        if value.strip().lower() in ("", "auto"):
+            return None
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"invalid value for {key}: {value!r}", source="arg", key=key) from None
     if not isinstance(value, str) or isinstance(current, str) or current is None:
         return value
     try:

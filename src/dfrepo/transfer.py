@@ -264,7 +264,10 @@ class Downloader:
         # Sized after planning: a file of unknown size is one probe task now, but its probe
         # plans the rest as soon as the size is known, and those ranges need workers then.
         unknown = self.daemon is None and any(job.size is None for job in jobs)
-        workers = self.config.concurrency if unknown else min(self.config.concurrency, max(1, len(tasks)))
+        whole_files = self.daemon is not None or (
+            self._via_peer and not bool(getattr(self.dragonfly, "peer_ranges", False)))
+        limit = self.config.workers(files_through_peer=whole_files)
+        workers = limit if unknown else min(limit, max(1, len(tasks)))
         sched = _Scheduler(tasks)
         threads = [
             threading.Thread(target=self._worker, args=(sched, state), name=f"dfrepo-{i}", daemon=True)
