@@ -243,3 +243,27 @@ def test_triton_loads_through_the_real_peer(dragonfly_cluster, seaweedfs, triton
                          if r.method == "GET" and f"{name}/1/weights.bin" in r.target
                          and "x-dragonfly-use-p2p" not in r.headers and transport == "proxy"]
     assert weights_by_others == [], "only the Dragonfly daemons fetch the weights from the store"
+
+
+@pytest.fixture(params=["real", "standin"])
+def any_peer(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """The same proxy API (``.url``) from the real dfdaemon and from the stand-in."""
+    if request.param == "real":
+        yield request.getfixturevalue("dragonfly_cluster").peers[0]
+        return
+    from dfpeer import StandinPeer
+
+    with StandinPeer(tmp_path / "standin") as peer:
+        yield peer
+
+
+def test_same_pull_on_the_real_and_the_standin_peer(any_peer, seaweedfs, s3env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Byte-exact, task IDs as predicted, small files one plain GET and large ones one GET
+    per file — whichever peer answers."""
+    files = _model(tmp_path / "src", big=9 * MiB, seed=60)
+    upload(seaweedfs, "real-df", f"repo/either-{type(any_peer).__name__}", tmp_path / "src")
+    res = pull(seaweedfs.s3_url("real-df", f"repo/either-{type(any_peer).__name__}"), tmp_path / "out", env=s3env,
+               dragonfly=DragonflyConfig(proxy=any_peer.url, fallback_direct=False), transfer=CFG)
+    assert tree(tmp_path / "out") == files and res.via == "proxy"
+    assert res.requests == len(files)
+    assert all(r.task_id and r.task_id == r.predicted_task_id for r in res.results)

@@ -479,6 +479,12 @@ class DfdaemonHandle:
         return f"http://{self.ip}:{self.proxy_port}"
 
     @property
+    def url(self) -> str:
+        """The proxy URL under the stand-in peer's name for it (``StandinPeer.url``), so a
+        test can take either peer."""
+        return self.proxy
+
+    @property
     def upload_addr(self) -> str:
         return f"{self.ip}:{self.ports['upload']}"
 
