@@ -180,6 +180,8 @@ class Downloader:
             fallback = bool(getattr(dragonfly, "fallback_direct", True))
             transport = Transport(self.config, proxy=proxy, fallback_direct=fallback)
         self.transport = transport
+        self.workers = 0
+        """Worker threads (requests in flight at most) of the last batch."""
         self.daemon: DaemonGrpc | None = None
         self.daemon_reason: str | None = None
         self._daemon_lock = threading.Lock()
@@ -268,6 +270,7 @@ class Downloader:
             self._via_peer and not bool(getattr(self.dragonfly, "peer_ranges", False)))
         limit = self.config.workers(files_through_peer=whole_files)
         workers = limit if unknown else min(limit, max(1, len(tasks)))
+        self.workers = workers
         sched = _Scheduler(tasks)
         threads = [
             threading.Thread(target=self._worker, args=(sched, state), name=f"dfrepo-{i}", daemon=True)
