@@ -26,20 +26,21 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from .config import MiB
+from .dragonfly.config import MAX_PIECE_LENGTH, MIN_PIECE_LENGTH
+
 __all__ = [
     "MAX_PIECE_LENGTH",
     "MIN_PIECE_LENGTH",
+    "MiB",
     "SMALL_TO_SOURCE",
     "Span",
     "auto_piece_length",
     "plan_spans",
 ]
 
-MiB = 1024 * 1024
 #: dfdaemon serves a range (or an object) of at most this many bytes from the origin itself.
-SMALL_TO_SOURCE = 4 * MiB
-MIN_PIECE_LENGTH = 4 * MiB
-MAX_PIECE_LENGTH = 64 * MiB
+SMALL_TO_SOURCE = MIN_PIECE_LENGTH
 
 
 class Span(NamedTuple):

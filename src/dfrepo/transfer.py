@@ -266,8 +266,7 @@ class Downloader:
         # Sized after planning: a file of unknown size is one probe task now, but its probe
         # plans the rest as soon as the size is known, and those ranges need workers then.
         unknown = self.daemon is None and any(job.size is None for job in jobs)
-        whole_files = self.daemon is not None or (
-            self._via_peer and not bool(getattr(self.dragonfly, "peer_ranges", False)))
+        whole_files = self.daemon is not None or self._whole_files_via_peer
         limit = self.config.workers(files_through_peer=whole_files)
         workers = limit if unknown else min(limit, max(1, len(tasks)))
         self.workers = workers
@@ -307,6 +306,15 @@ class Downloader:
         """Requests go through a Dragonfly peer right now (not fallen back to direct)."""
         return self.dragonfly is not None and self.transport.via == "proxy"
 
+    @property
+    def _peer_ranges(self) -> bool:
+        return bool(getattr(self.dragonfly, "peer_ranges", False))
+
+    @property
+    def _whole_files_via_peer(self) -> bool:
+        """Through a peer, one GET per file (the daemon fetches the pieces in parallel)."""
+        return self._via_peer and not self._peer_ranges
+
     def _preallocate(self, job: _FileJob) -> None:
         size = job.size or 0
         if self.config.preallocate and size > 0 and _filesystem_type(os.fstat(job.fd).st_dev) not in _NO_PREALLOC:
@@ -323,7 +331,7 @@ class Downloader:
         if offset == 0:
             self._preallocate(job)
         spans = plan_spans(size, range_size=self.config.range_size, via_peer=self._via_peer,
-                           peer_ranges=bool(getattr(self.dragonfly, "peer_ranges", False)),
+                           peer_ranges=self._peer_ranges,
                            piece_length=getattr(self.dragonfly, "piece_length", None), offset=offset)
         return [(job, span) for span in spans]
 
@@ -363,7 +371,7 @@ class Downloader:
         server that ignores ``Range`` answers 200: that body is the download.
         """
         url = job.req.url
-        whole = self._via_peer and not bool(getattr(self.dragonfly, "peer_ranges", False))
+        whole = self._whole_files_via_peer
         first = self.config.range_size
         attempt = 0
         while True:
@@ -450,7 +458,6 @@ class Downloader:
                 got = daemon.download(req.url, out, version=req.version or req.etag, headers=headers)
                 break
             except GrpcUnavailable as exc:
-                _unlink_quiet(out)
                 if attempt + 1 >= self.config.max_attempts:
                     if not self.dragonfly.fallback_direct:
                         raise unavailable(daemon.socket_path, str(exc), req.url) from None
@@ -459,9 +466,6 @@ class Downloader:
                 attempt += 1
                 job.retries += 1
                 self._sleep(attempt, None)
-            except BaseException:
-                _unlink_quiet(out)
-                raise
         job.tmp = str(out)  # removed by discard() if a check below fails
         size = os.stat(out).st_size
         if size != got.content_length or (job.size is not None and size != job.size):
@@ -809,13 +813,6 @@ def _md5_of(fd: int, size: int) -> str:
         h.update(view[:n])
         pos += n
     return h.hexdigest()
-
-
-def _unlink_quiet(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def _fsync_dir(path: Path) -> None:

@@ -167,23 +167,28 @@ class DaemonGrpc:
                  headers: Mapping[str, str] | None = None) -> GrpcDelivery:
         """Have the daemon put *url*'s content at *output* (which must not exist).
 
-        Hard link first; when the daemon cannot link (another file system), a copy.
+        Hard link first; when the daemon cannot link (another file system), a copy. On any
+        error *output* is removed (a cold download fills it while pieces arrive).
         :raises HTTPStatusError: the origin's error, as on the proxy path.
         :raises GrpcUnavailable: the daemon cannot take the call now (retryable).
         :raises TransferError: anything else, message scrubbed of signatures.
         """
         headers = dict(headers or {})
-        if self._can_link:
-            try:
-                return self._call(url, output, version=version, headers=headers, force_hard_link=True)
-            except _LinkFailed:
-                _unlink(output)
-                with self._lock:
-                    if self._can_link:
-                        self._can_link = False
-                        log.info("dfrepo: dfdaemon cannot hard-link into %s (another file system?); "
-                                 "it will copy files there", output.parent)
-        return self._call(url, output, version=version, headers=headers, force_hard_link=False)
+        try:
+            if self._can_link:
+                try:
+                    return self._call(url, output, version=version, headers=headers, force_hard_link=True)
+                except _LinkFailed:
+                    _unlink(output)
+                    with self._lock:
+                        if self._can_link:
+                            self._can_link = False
+                            log.info("dfrepo: dfdaemon cannot hard-link into %s (another file system?); "
+                                     "it will copy files there", output.parent)
+            return self._call(url, output, version=version, headers=headers, force_hard_link=False)
+        except BaseException:
+            _unlink(output)
+            raise
 
     def _call(self, url: str, output: Path, *, version: str | None, headers: Mapping[str, str],
               force_hard_link: bool) -> GrpcDelivery:
