@@ -126,10 +126,13 @@ def test_ranges_through_real_peer_are_byte_exact(dragonfly_cluster, seaweedfs, s
     res = pull(seaweedfs.s3_url("real-df", "repo/ranges"), tmp_path / "a", env=s3env,
                dragonfly=DragonflyConfig(proxy=dragonfly_cluster.peers[0].proxy, fallback_direct=False,
                                          peer_ranges=True),
-               transfer=TransferConfig(fsync=False, range_size=8 * MiB))
+               transfer=TransferConfig(fsync=False, range_size=8 * MiB, read_timeout=30.0))
     assert tree(tmp_path / "a") == files
     weights = next(r for r in res.results if r.path.name == "weights.bin")
-    assert weights.requests == 5  # 40 MiB in 8 MiB ranges, the 3-byte tail merged into the last
+    # 40 MiB in 8 MiB ranges, the 3-byte tail merged into the last. dfdaemon 1.5.10 can stall
+    # a concurrent cold range until the read timeout (docs/real-dragonfly.md); the retry is
+    # a request of its own, so count the planned ranges as requests minus retries.
+    assert weights.requests - weights.retries == 5
     assert weights.task_id == weights.predicted_task_id
 
 
