@@ -27,7 +27,7 @@ from dfrepo.cache import (
     default_cache_dir,
     parse_size,
 )
-from dfrepo.config import TransferConfig
+from dfrepo.engine.settings import TransferConfig
 from dfrepo.objects import RemoteObject
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")

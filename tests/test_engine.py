@@ -14,8 +14,9 @@ import pytest
 
 import dfrepo
 from dfrepo import errors
-from dfrepo.config import MiB, TransferConfig
-from dfrepo.transfer import DownloadRequest, Downloader, download
+from dfrepo.engine.settings import MiB, TransferConfig
+from dfrepo.engine import DownloadRequest, Downloader, download
+from dfrepo.engine.fs import FileSystem
 from faultservers import FaultProxy, Knobs, RangeServer
 
 IMPLS = ["python"] + (["cython"] if dfrepo.implementation() == "cython" else [])
@@ -213,19 +214,21 @@ def test_connect_failure_is_retried_then_exhausted(impl: str, tmp_path: Path) ->
     assert no_temp_files(tmp_path)
 
 
-def test_enospc_via_dev_full(impl: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+class DevFullFS(FileSystem):
+    """Every file the engine writes is /dev/full: each pwrite fails with ENOSPC."""
+
+    def create_temp(self, dest: Path) -> tuple[int, str]:
+        return os.open("/dev/full", os.O_WRONLY), str(dest) + ".never-created"
+
+
+def test_enospc_via_dev_full(impl: str, tmp_path: Path) -> None:
     """pwrite into /dev/full fails with ENOSPC; it must surface as OSError, not be retried."""
-    import dfrepo.transfer as dl
-
-    def open_dev_full(self: dl._FileJob) -> None:
-        self.fd = os.open("/dev/full", os.O_WRONLY)
-        self.tmp = None
-
-    monkeypatch.setattr(dl._FileJob, "open_temp", open_dev_full)
     with RangeServer() as srv:
         url = srv.put("/obj", data_of(100_000))
-        with pytest.raises(OSError) as ei:
-            download(url, tmp_path / "out", size=100_000, config=small_cfg(preallocate=False), implementation=impl)
+        req = DownloadRequest(url=url, dest=tmp_path / "out", size=100_000)
+        with Downloader(small_cfg(preallocate=False), implementation=impl, fs=DevFullFS()) as dl:
+            with pytest.raises(OSError) as ei:
+                dl.download_many([req])
         assert srv.gets <= 4
     assert ei.value.errno == errno.ENOSPC
     assert not (tmp_path / "out").exists()
@@ -325,7 +328,7 @@ def test_compiled_io_modes(tmp_path: Path, mode: str) -> None:
 
 
 def test_which_implementation_ran() -> None:
-    import dfrepo._core as core
+    import dfrepo.engine.picker as core
     expected = "python" if os.environ.get("DFREPO_NO_EXTENSIONS") == "1" else "cython"
     if expected == "cython" and "cython" not in IMPLS:
         pytest.skip("extension not built")
@@ -336,7 +339,7 @@ def test_retry_after_forms() -> None:
     import email.utils
     import time as _time
 
-    from dfrepo.transfer import _retry_after_seconds
+    from dfrepo.engine.retry import retry_after_seconds as _retry_after_seconds
 
     assert _retry_after_seconds("3") == 3.0
     assert _retry_after_seconds(None) is None and _retry_after_seconds("soon") is None
@@ -473,14 +476,17 @@ def test_through_a_peer_whole_get_resumes_with_a_range(impl: str, tmp_path: Path
     assert (tmp_path / "out").read_bytes() == data and res.retries == 1
 
 
-def test_default_concurrency_depends_on_the_kind_of_batch() -> None:
-    from dfrepo.config import DIRECT_CONCURRENCY, PEER_FILES_IN_FLIGHT
+def test_default_concurrency_is_adaptive_from_a_start_that_depends_on_the_batch() -> None:
+    from dfrepo.engine.settings import INITIAL_CONCURRENCY, PEER_FILES_IN_FLIGHT
 
     cfg = TransferConfig()
-    assert cfg.concurrency is None
-    assert cfg.workers(files_through_peer=False) == DIRECT_CONCURRENCY == 4
-    assert cfg.workers(files_through_peer=True) == PEER_FILES_IN_FLIGHT == 16
-    assert TransferConfig(concurrency=3).workers(files_through_peer=True) == 3, "a set value is used as given"
+    assert cfg.concurrency is None and cfg.adaptive
+    assert cfg.initial_workers() == INITIAL_CONCURRENCY == 4
+    assert cfg.initial_workers(files_through_peer=True) == PEER_FILES_IN_FLIGHT == 16
+    assert cfg.max_workers == cfg.max_concurrency == 32
+    fixed = TransferConfig(concurrency=3)
+    assert not fixed.adaptive, "a set value is used as given"
+    assert fixed.initial_workers(files_through_peer=True) == fixed.max_workers == 3
     assert TransferConfig().with_overrides({"concurrency": "auto"}).concurrency is None
     assert TransferConfig().with_overrides({"concurrency": "7"}).concurrency == 7
     with pytest.raises(errors.ConfigError):

@@ -31,11 +31,11 @@ import pytest
 
 import dfrepo
 from dfrepo import errors
-from dfrepo.config import MiB, TransferConfig
+from dfrepo.engine.settings import MiB, TransferConfig
 from dfrepo.dragonfly import DragonflyConfig
 from dfrepo.objects import RemoteObject
 from dfrepo.repo import pull
-from dfrepo.transfer import download
+from dfrepo.engine import DownloadRequest, Downloader, download
 from faultservers.fault_proxy import close_pair
 from faultservers import FaultProxy, Knobs
 from faultservers import RangeServer as _RangeServer
@@ -584,17 +584,17 @@ def test_local_enospc(impl: str, tmp_path: Path, prealloc: bool) -> None:
                     download(url, mnt / "out", size=len(data), config=cfg(preallocate=prealloc),
                              implementation=impl)
                 assert os.listdir(mnt) == []
-        else:  # /dev/full: every write fails with ENOSPC
-            import dfrepo.transfer as tr
+        else:  # /dev/full through the file-system seam: every write fails with ENOSPC
+            from dfrepo.engine.fs import FileSystem
 
-            def open_dev_full(self: tr._FileJob) -> None:
-                self.fd, self.tmp = os.open("/dev/full", os.O_WRONLY), None
+            class DevFull(FileSystem):
+                def create_temp(self, dest: Path) -> tuple[int, str]:
+                    return os.open("/dev/full", os.O_WRONLY), str(dest) + ".never-created"
 
-            with pytest.MonkeyPatch.context() as mp:
-                mp.setattr(tr._FileJob, "open_temp", open_dev_full)
+            req = DownloadRequest(url=url, dest=tmp_path / "out", size=len(data))
+            with Downloader(cfg(preallocate=False), implementation=impl, fs=DevFull()) as dl:
                 with pytest.raises(OSError) as ei:
-                    download(url, tmp_path / "out", size=len(data), config=cfg(preallocate=False),
-                             implementation=impl)
+                    dl.download_many([req])
         ranges = [x.headers.get("Range") for x in srv.seen]
         assert len(ranges) == len(set(ranges)), "ENOSPC must not be retried"
     assert ei.value.errno == errno.ENOSPC
@@ -672,7 +672,7 @@ def test_local_destination_on_other_filesystem(tmp_path: Path, monkeypatch: pyte
 
 _CHILD = r"""
 import json, sys
-from dfrepo.config import TransferConfig
+from dfrepo.engine.settings import TransferConfig
 from dfrepo.dragonfly import DragonflyConfig
 from dfrepo.objects import RemoteObject
 from dfrepo.repo import pull

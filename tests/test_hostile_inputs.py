@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from dfrepo import errors
-from dfrepo.config import TransferConfig
+from dfrepo.engine.settings import TransferConfig
 from dfrepo.credentials import load_credential_file
 from dfrepo.dragonfly import (
     AZURE_SAS_QUERY_PARAMS,
@@ -43,7 +43,7 @@ from dfrepo.locations import (
     safe_relpath,
 )
 from dfrepo.repo import pull
-from dfrepo.rangeplan import SMALL_TO_SOURCE, MiB, auto_piece_length, plan_spans
+from dfrepo.engine.plan import SMALL_TO_SOURCE, MiB, auto_piece_length, plan_spans
 
 FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

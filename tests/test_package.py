@@ -56,5 +56,5 @@ def test_compiled_signature_matches_twin() -> None:
 
 def test_require_extension_flag_fails_loudly_without_it() -> None:
     env = dict(os.environ, DFREPO_NO_EXTENSIONS="1", DFREPO_REQUIRE_EXTENSION="1")
-    proc = subprocess.run([sys.executable, "-c", "import dfrepo._core"], capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, "-c", "import dfrepo.engine.picker"], capture_output=True, text=True, env=env)
     assert proc.returncode != 0 and "both set" in proc.stderr

@@ -22,9 +22,9 @@ import pytest
 from modelfiles import make_model, tree, upload
 
 from dfrepo import errors
-from dfrepo.config import TransferConfig
+from dfrepo.engine.settings import TransferConfig
 from dfrepo.dragonfly import DragonflyConfig
-from dfrepo.rangeplan import SMALL_TO_SOURCE
+from dfrepo.engine.plan import SMALL_TO_SOURCE
 from dfrepo.repo import pull
 
 pytestmark = [pytest.mark.servers, pytest.mark.dragonfly]

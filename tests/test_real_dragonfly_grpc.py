@@ -19,7 +19,7 @@ import pytest
 from modelfiles import tree, upload
 
 from dfrepo import errors
-from dfrepo.config import TransferConfig
+from dfrepo.engine.settings import TransferConfig
 from dfrepo.dragonfly import DragonflyConfig
 from dfrepo.repo import pull
 

@@ -22,11 +22,11 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 
 from dfrepo import errors
-from dfrepo.config import TransferConfig
+from dfrepo.engine.settings import TransferConfig
 from dfrepo.dragonfly import DragonflyConfig
 from dfrepo.objects import RemoteObject
 from dfrepo.repo import pull
-from dfrepo.transfer import download
+from dfrepo.engine import download
 from secrets_guard import PATTERNS, extra_secrets, scan
 
 CFG = TransferConfig(range_size=64 * 1024, fsync=False, backoff_base=0.01, backoff_max=0.05,

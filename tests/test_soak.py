@@ -22,9 +22,9 @@ import pytest
 
 import dfrepo
 from dfrepo import errors
-from dfrepo.config import TransferConfig
+from dfrepo.engine.settings import TransferConfig
 from dfrepo.dragonfly import DragonflyConfig
-from dfrepo.transfer import DownloadRequest, Downloader
+from dfrepo.engine import DownloadRequest, Downloader
 from faultservers import Knobs
 from faultservers import RangeServer as _RangeServer
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 
 from ._version import __version__
-from .config import TransferConfig
-from .transfer import DownloadRequest, DownloadResult, Downloader, download
+from .engine import TransferConfig
+from .engine import DownloadRequest, DownloadResult, Downloader, download
 from .errors import (
     CacheError,
     ChecksumMismatchError,
@@ -39,7 +39,7 @@ logging.getLogger("dfrepo").addHandler(logging.NullHandler())
 
 def implementation() -> str:
     """Which byte mover is active by default: ``"cython"`` or ``"python"``."""
-    from ._core import IMPLEMENTATION
+    from .engine.picker import IMPLEMENTATION
 
     return IMPLEMENTATION
 

@@ -1,17 +1,29 @@
-from typing import Any, Callable
+"""The byte mover's contract: :mod:`dfrepo._fastio` (compiled) and :mod:`dfrepo._fastio_py`
+(its pure-Python twin) both implement it; :mod:`dfrepo.engine.body` builds its input."""
+
+from typing import Callable
+
+from dfrepo.engine.body import Body, Cursor
 
 IMPLEMENTATION: str
 MODES: tuple[str, ...]
 
 def copy_body(
-    resp: Any,
+    body: Body,
     fd: int,
     offset: int,
     length: int,
     buf: bytearray,
-    cursor: Any,
+    cursor: Cursor,
     progress: Callable[[int], object] | None = None,
     mode: str = "auto",
     url: str | None = None,
     byte_range: tuple[int, int] | None = None,
-) -> int: ...
+) -> int:
+    """Copy *length* body bytes (-1: to the end) into *fd* at *offset*; returns bytes written.
+
+    ``body.buffered`` first, then ``body.sock_fd`` directly (``recv``, or ``splice`` when
+    *mode* is ``splice``) when it is >= 0, else ``body.readinto``. ``cursor.written`` is
+    advanced after every chunk. Raises IncompleteDownloadError on a short body,
+    ``socket.timeout``/``OSError`` from the socket, ``OSError`` from pwrite.
+    """

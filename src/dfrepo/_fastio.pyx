@@ -17,9 +17,7 @@ from libc.errno cimport errno, EINTR, EAGAIN, EINVAL
 from libc.string cimport strerror
 from libc.stdint cimport int64_t
 
-import os
 import socket
-import ssl
 
 from dfrepo.errors import IncompleteDownloadError, TransferError
 
@@ -229,18 +227,6 @@ def _thread_pipe(Py_ssize_t size):
     return p
 
 
-def _raw_socket(object resp):
-    """The plain TCP socket under an urllib3 response, or None (TLS, chunked, unknown)."""
-    conn = getattr(resp, "connection", None)
-    sock = getattr(conn, "sock", None)
-    if sock is None or isinstance(sock, ssl.SSLSocket) or not isinstance(sock, socket.socket):
-        return None
-    fp = getattr(resp, "_fp", None)  # the http.client response
-    if fp is None or getattr(fp, "chunked", False) or getattr(fp, "length", None) is None:
-        return None
-    return sock
-
-
 cdef _raise_code(ssize_t code, object url, object rng, long long expected, long long received):
     if code == R_EOF:
         raise IncompleteDownloadError(
@@ -251,18 +237,18 @@ cdef _raise_code(ssize_t code, object url, object rng, long long expected, long 
     raise OSError(-code, strerror(-code).decode())
 
 
-def copy_body(object resp, int fd, long long offset, long long length, bytearray buf,
+def copy_body(object body, int fd, long long offset, long long length, bytearray buf,
               object cursor, object progress=None, str mode="auto", object url=None,
               object byte_range=None):
-    """Copy *length* body bytes of urllib3 response *resp* into *fd* at *offset*.
+    """Copy *length* body bytes of *body* (a :class:`dfrepo.engine.body.Body`) into *fd* at *offset*.
 
     :param length: bytes the body must hold, or -1 to read to the end (no Content-Length).
     :param buf: the caller's reused buffer; its size is the chunk size.
     :param cursor: an object with an int attribute ``written``, advanced after every chunk
         so a caller can resume after an exception from the first unwritten byte.
     :param progress: optional callable(bytes) called once per chunk.
-    :param mode: ``auto``/``recv``/``splice`` read the socket fd directly when the
-        connection is plain TCP with a known length, ``readinto`` always uses http.client.
+    :param mode: with ``body.sock_fd >= 0``, ``splice`` moves socket -> pipe -> file,
+        anything else reads it with ``recv``; without a socket ``body.readinto`` is used.
     :returns: bytes written. Raises :class:`IncompleteDownloadError` on a short body,
         ``socket.timeout``/``OSError`` from the socket, ``OSError`` from pwrite.
     """
@@ -273,7 +259,7 @@ def copy_body(object resp, int fd, long long offset, long long length, bytearray
     cdef long long remaining
     cdef ssize_t got
     cdef int werr
-    cdef int sockfd
+    cdef int sockfd = body.sock_fd
     cdef int timeout_ms
     cdef off_t pos
     cdef int pipe_r = -1, pipe_w = -1
@@ -283,10 +269,19 @@ def copy_body(object resp, int fd, long long offset, long long length, bytearray
 
     if mode not in MODES:
         raise ValueError(f"unknown io mode {mode!r}")
-    hresp = resp._fp
-    sock = _raw_socket(resp) if mode != "readinto" and length > 0 else None
+    # Body bytes http.client already buffered while parsing the headers come first.
+    pre = body.buffered
+    if pre:
+        pos = <off_t>(offset)
+        werr = _write_all(fd, <const char *>pre, len(pre), pos)
+        if werr:
+            raise OSError(-werr, strerror(-werr).decode())
+        done += len(pre)
+        cursor.written = done
+        if progress is not None:
+            progress(len(pre))
 
-    if sock is not None:
+    if sockfd >= 0 and length > 0:
         use_splice = mode == "splice"
         chunk = bufsize
         if use_splice:
@@ -294,20 +289,8 @@ def copy_body(object resp, int fd, long long offset, long long length, bytearray
             pipe_r = (<_Pipe>p).r
             pipe_w = (<_Pipe>p).w
             chunk = min(bufsize, <size_t>(<_Pipe>p).size)
-        # Body bytes http.client already buffered while parsing headers come first.
-        pre = hresp.fp.read1(min(length, <long long>bufsize)) if hresp.fp.peek(0) else b""
-        if pre:
-            pos = <off_t>(offset)
-            werr = _write_all(fd, <const char *>pre, len(pre), pos)
-            if werr:
-                raise OSError(-werr, strerror(-werr).decode())
-            done += len(pre)
-            cursor.written = done
-            if progress is not None:
-                progress(len(pre))
-        timeout = sock.gettimeout()
+        timeout = body.timeout
         timeout_ms = -1 if timeout is None else <int>(timeout * 1000)
-        sockfd = sock.fileno()
         while done < length:
             remaining = length - done
             pos = <off_t>(offset + done)
@@ -328,16 +311,14 @@ def copy_body(object resp, int fd, long long offset, long long length, bytearray
             cursor.written = done
             if progress is not None:
                 progress(got)
-        # Tell http.client the body is consumed so urllib3 can reuse the connection.
-        hresp.length = 0
-        hresp.read(1)
         return done
 
     # Generic path: http.client fills our buffer (GIL released inside recv), we pwrite nogil.
+    readinto = body.readinto
     mv = memoryview(buf)
     while length < 0 or done < length:
         want = bufsize if length < 0 else <size_t>min(length - done, <long long>bufsize)
-        got = hresp.readinto(mv[:want])
+        got = readinto(mv[:want])
         if got == 0:
             if length < 0:
                 break

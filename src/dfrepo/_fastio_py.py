@@ -1,15 +1,17 @@
-"""Pure-Python twin of :mod:`dfrepo._fastio`: same signature, same errors.
+"""Pure-Python twin of :mod:`dfrepo._fastio`: same contract (``_fastio.pyi``), same errors.
 
-It reads through ``http.client``'s ``readinto`` into the caller's reused buffer (no
-per-chunk allocation; the wait in ``recv_into`` releases the GIL) and writes with
-``os.pwrite`` (which also releases the GIL). It has no raw-socket or splice path.
+It reads through the body's ``readinto`` into the caller's reused buffer (no per-chunk
+allocation; the wait in ``recv_into`` releases the GIL) and writes with ``os.pwrite``
+(which also releases the GIL). It has no raw-socket or splice path: the engine never
+gives it a socket (``Body.sock_fd`` is -1).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Callable
 
+from .engine.body import Body, Cursor
 from .errors import IncompleteDownloadError
 
 IMPLEMENTATION = "python"
@@ -25,31 +27,36 @@ def _write_all(fd: int, data: memoryview, offset: int) -> None:
 
 
 def copy_body(
-    resp: Any,
+    body: Body,
     fd: int,
     offset: int,
     length: int,
     buf: bytearray,
-    cursor: Any,
+    cursor: Cursor,
     progress: Callable[[int], object] | None = None,
     mode: str = "auto",
     url: str | None = None,
     byte_range: tuple[int, int] | None = None,
 ) -> int:
-    """Copy *length* body bytes of urllib3 response *resp* into *fd* at *offset*.
+    """Copy *length* body bytes of *body* into *fd* at *offset*.
 
     See :func:`dfrepo._fastio.copy_body`; *mode* is accepted for signature parity and
-    validated, but this twin always reads through ``http.client``.
+    validated, but this twin always reads through ``body.readinto``.
     """
     if mode not in MODES:
         raise ValueError(f"unknown io mode {mode!r}")
-    hresp = resp._fp
+    done = len(body.buffered)  # bytes already read past the headers come first
+    if done:
+        _write_all(fd, memoryview(body.buffered), offset)
+        cursor.written = done
+        if progress is not None:
+            progress(done)
+    readinto = body.readinto
     view = memoryview(buf)
     bufsize = len(buf)
-    done = 0
     while length < 0 or done < length:
         want = bufsize if length < 0 else min(length - done, bufsize)
-        got = hresp.readinto(view[:want])
+        got = readinto(view[:want])
         if not got:
             if length < 0:
                 break

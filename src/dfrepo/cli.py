@@ -225,7 +225,7 @@ def _dragonfly_for(args: argparse.Namespace) -> Any:
 
 
 def _transfer_for(args: argparse.Namespace) -> Any:
-    from .config import TransferConfig
+    from .engine import TransferConfig
 
     overrides: dict[str, Any] = {}
     if args.concurrency is not None:
@@ -248,7 +248,7 @@ def _http_dest(url: str, dest: str) -> Path:
 
 def _pull_http(args: argparse.Namespace, dragonfly: Any, transfer: Any, progress: Any) -> Any:
     from .repo import PullResult, bytes_by_delivery
-    from .transfer import Downloader, DownloadRequest
+    from .engine import Downloader, DownloadRequest
 
     started = time.monotonic()
     target = _http_dest(args.location, args.dest)

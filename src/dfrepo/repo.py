@@ -14,14 +14,15 @@ import tempfile
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from typing import Any, Iterable, Mapping, Protocol
 from urllib.parse import unquote, urlsplit
 
-from .config import TransferConfig
+from .engine import TransferConfig
 from .errors import ConfigError
 from .locations import AnyLocation, LocalLocation, parse_location, safe_join
 from .objects import RemoteObject
-from .transfer import DownloadRequest, DownloadResult, Downloader, ProgressCallback
+from .engine import DownloadRequest, DownloadResult, Downloader, ProgressCallback
+from .engine.fs import FileSystem
 
 log = logging.getLogger("dfrepo")
 
@@ -203,8 +204,9 @@ def pull(
             via = "local"
         impl = ""
         if to_fetch:
+            # The stage is private: files are written in place, the stage is the one atomic step.
             with Downloader(cfg, dragonfly=dragonfly if dragonfly.enabled else None,
-                            implementation=implementation) as dl:
+                            implementation=implementation, publish="in_place") as dl:
                 results = dl.download_many([r for _, r in to_fetch], progress=progress)
                 fallback_reason = dl.transport.fallback_reason
                 via = dl.via
@@ -212,7 +214,12 @@ def pull(
             if cache is not None:
                 for obj, req in to_fetch:
                     cache.store(obj, req.dest)
+        if cfg.fsync:
+            _sync_tree(stage)
         _publish(stage, dest)
+        if cfg.fsync:
+            FileSystem().fsync_dir(dest.parent)
+            FileSystem().fsync_dir(dest)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
@@ -304,11 +311,16 @@ def _publish(stage: Path, dest: Path) -> None:
     stage.rmdir()
 
 
+def _sync_tree(root: Path) -> None:
+    """fsync every directory of the staged tree (its entries: files, sub-directories)."""
+    fs = FileSystem()
+    for here, _dirs, _files in os.walk(root):
+        fs.fsync_dir(Path(here))
+
+
 def _link_or_copy(src: Path, dest: Path) -> None:
     try:
         os.link(src, dest)
     except OSError:
         shutil.copy2(src, dest)
 
-
-ProgressFactory = Callable[[int], ProgressCallback]

@@ -352,7 +352,7 @@ class DragonflyConfig:
     :param socket: dfdaemon's download socket (default ``/var/run/dragonfly/dfdaemon.sock``).
     :param peer_ranges: through the peer, fetch a file as piece-aligned range GETs of
         > 4 MiB (True) or as one GET (False; dfdaemon fetches the pieces in parallel itself
-        and the scheduler sees one peer per file per node). See :mod:`dfrepo.rangeplan`.
+        and the scheduler sees one peer per file per node). See :mod:`dfrepo.engine.plan`.
     """
 
     proxy: str | None = None

@@ -18,8 +18,8 @@ from urllib3.exceptions import (
     SSLError,
 )
 
-from .config import TransferConfig
-from .errors import ConfigError, IncompleteDownloadError, ProxyUnavailableError, TransferError, redact_url
+from ..errors import ConfigError, IncompleteDownloadError, ProxyUnavailableError, TransferError, redact_url
+from .settings import TransferConfig
 
 log = logging.getLogger("dfrepo")
 
@@ -71,8 +71,8 @@ class Transport:
         self.config = config
         self.proxy = proxy or None
         self.fallback_direct = fallback_direct
-        # Enough connections for either kind of batch (urllib3 opens them lazily).
-        size = maxsize or config.workers(files_through_peer=bool(proxy))
+        # One connection per request the batch may have in flight (urllib3 opens them lazily).
+        size = maxsize or config.max_workers
         timeout = urllib3.Timeout(connect=config.connect_timeout, read=config.read_timeout)
         self._direct = urllib3.PoolManager(
             num_pools=32,

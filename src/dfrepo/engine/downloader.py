@@ -1,0 +1,424 @@
+"""Verified, atomic, parallel downloads: probe, plan, fetch, commit.
+
+One set of worker threads serves every file of a batch, so a model directory of a
+thousand small files keeps its connections busy just like one large file does. Each
+worker owns one reused buffer; the byte mover (:mod:`dfrepo._fastio`, or its twin)
+copies response bodies into the destination with ``pwrite`` at their final offsets.
+
+A file becomes visible under its final name only after every byte arrived, the size
+(and the store's MD5, when listed) checked out and the data was fsynced; otherwise its
+file is removed and the destination is untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Mapping
+
+import urllib3
+
+from ..errors import DfrepoError
+from ..values import normalize_etag
+from . import exchange as ex
+from .body import Cursor, open_body, release
+from .commit import commit, sync_directories
+from .concurrency import AdaptiveLimit
+from .fs import FileSystem
+from .jobs import DownloadRequest, DownloadResult, FileJob, ProgressCallback, Publish
+from .picker import get_copy_body
+from .plan import Span, plan_spans
+from .retry import RetryPolicy, as_dfrepo_error, exhausted, retryable, throttled
+from .scheduler import BatchProgress, Scheduler, Task
+from .settings import TransferConfig
+from .transport import RETRYABLE_EXCEPTIONS, Transport
+
+if TYPE_CHECKING:
+    from ..dragonfly.config import DragonflyConfig
+    from .daemon import DaemonRoute
+
+log = logging.getLogger("dfrepo")
+
+_RETRY_ON = (DfrepoError, *RETRYABLE_EXCEPTIONS)
+
+
+class Downloader:
+    """Download many files through one set of pools and one set of workers.
+
+    :param config: transfer settings.
+    :param transport: pools to use (shared with the caller); one is made when None.
+    :param dragonfly: adds the Dragonfly headers (P2P opt-in, filters, version evidence in
+        the task identity) and routes through its proxy (or dfdaemon's gRPC socket).
+    :param implementation: ``"cython"``, ``"python"`` or None for the default pick.
+    :param publish: ``rename`` (temp file beside each destination) or ``in_place``
+        (destinations inside the caller's private stage directory).
+    :param fs: the file-system seam (tests inject faults through it).
+    """
+
+    def __init__(
+        self,
+        config: TransferConfig | None = None,
+        *,
+        transport: Transport | None = None,
+        dragonfly: DragonflyConfig | None = None,
+        implementation: str | None = None,
+        publish: Publish = "rename",
+        fs: FileSystem | None = None,
+    ) -> None:
+        self.config = config or TransferConfig()
+        self.dragonfly = dragonfly
+        self.publish: Publish = publish
+        self.fs = fs or FileSystem()
+        self.retry = RetryPolicy(self.config.max_attempts, self.config.backoff_base, self.config.backoff_max)
+        self._own_transport = transport is None
+        if transport is None:
+            transport = Transport(self.config, proxy=dragonfly.proxy if dragonfly else None,
+                                  fallback_direct=dragonfly.fallback_direct if dragonfly else True)
+        self.transport = transport
+        self.limit: AdaptiveLimit | None = None
+        """Requests in flight: made by the first batch, kept across batches."""
+        self.workers = 0
+        """Threads the last batch started (at most the limit it reached)."""
+        self.route: DaemonRoute | None = None
+        if dragonfly is not None and dragonfly.transport != "proxy":
+            from .daemon import DaemonRoute
+
+            self.route = DaemonRoute(dragonfly, timeout=max(self.config.read_timeout * 30, 600.0))
+        self._copy_body, self.implementation = get_copy_body(implementation)
+        # Measured (benchmarks/results): splice moves socket pages into the page cache with one
+        # copy fewer than recv + pwrite; it falls back to recv where a file system cannot splice.
+        self._mode = "splice" if self.config.io_mode == "auto" else self.config.io_mode
+        self._direct_io = self.implementation == "cython" and self._mode != "readinto"
+        self._local = threading.local()
+
+    @property
+    def daemon_reason(self) -> str | None:
+        """Why dfdaemon's gRPC socket is not (or no longer) used, if it was asked for."""
+        return self.route.reason if self.route is not None else None
+
+    @property
+    def via(self) -> str:
+        """``grpc`` (dfdaemon's socket), ``proxy`` or ``direct`` — what serves requests now."""
+        return "grpc" if self.route is not None and self.route.active else self.transport.via
+
+    def close(self) -> None:
+        if self.route is not None:
+            self.route.close()
+        if self._own_transport:
+            self.transport.clear()
+
+    def __enter__(self) -> Downloader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- a batch ------------------------------------------------------------------------------
+
+    def download_many(
+        self,
+        requests: Iterable[DownloadRequest],
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> list[DownloadResult]:
+        """Fetch every request; all succeed, or the first error is raised and no partial
+        file of any request is left behind (files already completed stay)."""
+        jobs = [FileJob(r, ex.base_headers(r, self.dragonfly), self.fs, self.publish) for r in requests]
+        if not jobs:
+            return []
+        known = sum(j.size or 0 for j in jobs)
+        state = BatchProgress(progress, known if all(j.size is not None for j in jobs) else 0)
+        tasks: list[Task] = []
+        try:
+            for job in jobs:
+                planned = self._initial_tasks(job)
+                job.pending = len(planned)
+                tasks.extend(planned)
+        except BaseException:
+            for job in jobs:
+                job.discard()
+            raise
+        if self.limit is None:
+            whole = self._whole_files_via_peer or any(j.via_daemon for j in jobs)
+            self.limit = AdaptiveLimit(self.config.initial_workers(files_through_peer=whole),
+                                       self.config.max_workers, adaptive=self.config.adaptive)
+        sched = Scheduler(tasks, self.limit, lambda task: self._run(task, sched, state))
+        sched.run_all()
+        self.workers = sched.threads_started
+        for job in jobs:
+            if job.result is None:
+                job.discard()
+        if sched.error is not None:
+            raise sched.error
+        if self.config.fsync and self.publish == "rename":  # new entries durable; in_place: the caller's job
+            sync_directories(self.fs, (j.req.dest for j in jobs))
+        return [j.result for j in jobs if j.result is not None]
+
+    def _initial_tasks(self, job: FileJob) -> list[Task]:
+        if self.route is not None and self.route.active:
+            job.via_daemon = True  # the daemon writes the file; one task per file
+            return [(job, None)]
+        job.open()
+        return [(job, None)] if job.size is None else self._plan(job)
+
+    @property
+    def _via_peer(self) -> bool:
+        """Requests go through a Dragonfly peer right now (not fallen back to direct)."""
+        return self.dragonfly is not None and self.transport.via == "proxy"
+
+    @property
+    def _whole_files_via_peer(self) -> bool:
+        """Through a peer, one GET per file (the daemon fetches the pieces in parallel)."""
+        return self._via_peer and not (self.dragonfly is not None and self.dragonfly.peer_ranges)
+
+    def _plan(self, job: FileJob, offset: int = 0) -> list[Task]:
+        """The file's request tasks (:func:`~dfrepo.engine.plan.plan_spans`); an empty file
+        is one task ``(0, -1)`` that fetches nothing."""
+        if offset == 0:
+            self._allocate(job)
+        df = self.dragonfly
+        spans = plan_spans(job.size or 0, range_size=self.config.range_size, via_peer=self._via_peer,
+                           peer_ranges=bool(df and df.peer_ranges), piece_length=df.piece_length if df else None,
+                           offset=offset, connections=self.config.max_workers)
+        return [(job, span) for span in spans]
+
+    def _allocate(self, job: FileJob) -> None:
+        if self.config.preallocate:
+            self.fs.allocate(job.fd, job.size or 0)
+
+    # -- one task -----------------------------------------------------------------------------
+
+    def _run(self, task: Task, sched: Scheduler, state: BatchProgress) -> None:
+        job, span = task
+        try:
+            if job.error is None:
+                if job.via_daemon:
+                    self._fetch_via_daemon(job, sched, state)
+                elif span is None:
+                    self._probe(job, sched, state)
+                elif span.end >= 0:
+                    self._fetch_span(job, span, sched, state)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            job.error = as_dfrepo_error(exc, job.req.url)
+            sched.fail(job.error)
+        if sched.finished_one(job) == 0 and job.error is None and job.result is None:
+            try:
+                self._finish(job)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                job.error = as_dfrepo_error(exc, job.req.url)
+                sched.fail(job.error)
+
+    def _buffer(self) -> bytearray:
+        """This worker thread's reused buffer (allocated on its first body)."""
+        buf: bytearray | None = getattr(self._local, "buf", None)
+        if buf is None:
+            buf = self._local.buf = bytearray(self.config.buffer_size)
+        return buf
+
+    def _copy(self, resp: urllib3.BaseHTTPResponse, job: FileJob, offset: int, length: int,
+              cursor: Cursor, sched: Scheduler, state: BatchProgress, rng: tuple[int, int] | None) -> int:
+        """Copy *resp*'s body into *job*'s file at *offset* and release the connection."""
+        buf = self._buffer()
+
+        def advance(n: int) -> None:
+            sched.record(n)
+            state.advance(n)
+
+        body = open_body(resp, length, direct=self._direct_io, chunk=len(buf))
+        done = self._copy_body(body, job.fd, offset, length, buf, cursor, advance, self._mode, job.req.url, rng)
+        release(resp, body)
+        return done
+
+    def _probe(self, job: FileJob, sched: Scheduler, state: BatchProgress) -> None:
+        """Fetch a file of unknown size: the first request tells the size.
+
+        Through a peer with ``peer_ranges`` off, one plain GET streams the whole file (a
+        ``Range`` of ≤ 4 MiB would not even go P2P). Otherwise the first range of
+        ``range_size`` bytes is the probe: its ``Content-Range`` gives the size, the other
+        ranges are queued for idle workers *before* this one copies its own body, so the
+        file is fetched with full concurrency from the first round trip on. HEAD is not
+        used: Dragonfly never routes it P2P and presigned URLs are method-bound. A server
+        that ignores ``Range`` answers 200: that body is the download.
+        """
+        url = job.req.url
+        whole = self._whole_files_via_peer
+        first = self.config.range_size
+        attempt = 0
+        while True:
+            job.requests += 1
+            resp = None
+            try:
+                headers = dict(job.headers) if whole else {**job.headers, "Range": f"bytes=0-{first - 1}"}
+                resp = self.transport.request(url, headers)
+                ex.note_peer(job, resp, self.dragonfly)
+                answer = None if whole else ex.range_answer(resp, url)
+                if answer is not None:
+                    job.size = ex.check_first_range(job, resp, answer, first)
+                    job.etag = job.etag or normalize_etag(resp.headers.get("ETag"))
+                    state.add_total(job.size)
+                    end = answer[1]
+                    self._allocate(job)
+                    sched.push(job, self._plan(job, offset=end + 1))
+                    break
+                if resp.status == 200:
+                    self._whole_body(job, resp, sched, state)
+                    return
+                peer_range_error = (resp.status == 500 and attempt == 0
+                                    and resp.headers.get("X-Dragonfly-Error-Type") == "dfdaemon")
+                if not whole and (resp.status == 416 or peer_range_error):
+                    # Zero-byte objects cannot satisfy a range (the origin says 416, a
+                    # Dragonfly peer a 500 "dfdaemon" range error): fetch without Range.
+                    resp.drain_conn()
+                    resp.release_conn()
+                    resp = self.transport.request(url, job.headers)
+                    job.requests += 1
+                    if resp.status == 200:
+                        self._whole_body(job, resp, sched, state)
+                        return
+                raise ex.status_error(resp, url, None)
+            except _RETRY_ON as exc:
+                ex.close_quietly(resp)
+                self._failed_attempt(exc, attempt, url, None, sched)
+            attempt += 1
+            job.retries += 1
+            self.retry.sleep(attempt, resp)
+        # The probe's own body: a connection that breaks here resumes as an ordinary range.
+        cursor = Cursor()
+        try:
+            self._copy(resp, job, 0, end + 1, cursor, sched, state, (0, end))
+        except BaseException as exc:
+            ex.close_quietly(resp)
+            if not retryable(exc):
+                raise
+            job.retries += 1
+            self._fetch_span(job, Span(cursor.written, end, True), sched, state)
+
+    def _failed_attempt(self, exc: BaseException, attempt: int, url: str, rng: tuple[int, int] | None,
+                        sched: Scheduler) -> None:
+        """Raise the final error if *exc* ends the request; note throttling either way."""
+        if throttled(exc):
+            sched.throttled()
+        if self.retry.gives_up(exc, attempt):
+            raise exhausted(exc, attempt, url, rng)
+
+    def _whole_body(self, job: FileJob, resp: urllib3.BaseHTTPResponse, sched: Scheduler,
+                    state: BatchProgress) -> None:
+        """A plain 200 answer of unknown length (no Range sent, or the server ignored it):
+        stream the body once on this connection."""
+        ex.check_encoding(resp, job.req.url)
+        ex.check_etag(job, resp)
+        length_header = resp.headers.get("Content-Length")
+        length = int(length_header) if length_header is not None else -1
+        if length >= 0:
+            state.add_total(length)
+        try:
+            done = self._copy(resp, job, 0, length, Cursor(), sched, state, None)
+        except BaseException:
+            ex.close_quietly(resp)
+            raise
+        job.size = done
+        self._finish(job)
+
+    def _fetch_span(self, job: FileJob, span: Span, sched: Scheduler, state: BatchProgress) -> None:
+        """Fetch one planned span; a retry resumes from the last byte written (as a range)."""
+        url = job.req.url
+        start, end = span.start, span.end
+        pos = start
+        attempt = 0
+        while True:
+            cursor = Cursor()
+            resp = None
+            ranged = span.ranged or pos > start
+            headers = {**job.headers, "Range": f"bytes={pos}-{end}"} if ranged else dict(job.headers)
+            if job.etag:
+                headers["If-Match"] = f'"{job.etag}"'
+            job.requests += 1
+            try:
+                resp = self.transport.request(url, headers)
+                ex.note_peer(job, resp, self.dragonfly)
+                if ranged:
+                    ex.check_range(job, resp, pos, end)
+                else:
+                    ex.check_whole(job, resp)
+                self._copy(resp, job, pos, end - pos + 1, cursor, sched, state, (pos, end))
+                return
+            except _RETRY_ON as exc:
+                ex.close_quietly(resp)
+                pos += cursor.written
+                self._failed_attempt(exc, attempt, url, (start, end), sched)
+            attempt += 1
+            job.retries += 1
+            self.retry.sleep(attempt, resp)
+
+    def _fetch_via_daemon(self, job: FileJob, sched: Scheduler, state: BatchProgress) -> None:
+        assert self.route is not None
+
+        def fall_back(reason: str) -> None:
+            self.transport.fallback_reason = self.transport.fallback_reason or reason
+            log.warning("dfrepo: %s; falling back to the %s", reason,
+                        "proxy" if self.transport.via == "proxy" else "origin")
+            job.via_daemon = False
+            job.open()
+            sched.push(job, [(job, None)] if job.size is None else self._plan(job))
+
+        if self.route.fetch(job, self.retry, fall_back):
+            state.advance(job.size or 0)
+            self._finish(job)
+
+    def _finish(self, job: FileJob) -> None:
+        size = commit(job, fsync=self.config.fsync, verify_checksum=self.config.verify_checksum)
+        job.result = DownloadResult(
+            path=job.req.dest,
+            size=size,
+            seconds=time.monotonic() - job.started,
+            retries=job.retries,
+            requests=job.requests,
+            implementation=self.implementation,
+            via="grpc" if job.via_daemon else self.transport.via,
+            source=job.source,
+            task_id=job.task_id,
+            predicted_task_id=job.predicted_task_id,
+            delivery=job.delivery,
+        )
+
+
+def download(
+    url: str,
+    dest: str | os.PathLike[str],
+    *,
+    size: int | None = None,
+    etag: str | None = None,
+    md5: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    config: TransferConfig | None = None,
+    dragonfly: DragonflyConfig | None = None,
+    proxy: str | None = None,
+    progress: ProgressCallback | None = None,
+    implementation: str | None = None,
+) -> DownloadResult:
+    """Download one URL to *dest*, verified and atomically.
+
+    :param url: the object's (presigned) URL. Never logged.
+    :param dest: final path; written via a temp file in the same directory.
+    :param size: the size when already known (skips the probe request).
+    :param etag: expected ETag; sent as If-Match and checked on every response.
+    :param md5: expected hex MD5 of the content, verified before the file appears.
+    :param headers: extra request headers.
+    :param config: :class:`TransferConfig`; defaults are tuned for multi-GB objects.
+    :param dragonfly: a DragonflyConfig (proxy, headers, filters, task identity).
+    :param proxy: shortcut for a plain HTTP proxy URL when no DragonflyConfig is given.
+    :param progress: ``progress(done, total)``.
+    :param implementation: force ``"cython"`` or ``"python"`` (tests, benchmarks).
+    """
+    cfg = config or TransferConfig()
+    transport = Transport(cfg, proxy=proxy, fallback_direct=False) if dragonfly is None and proxy else None
+    req = DownloadRequest(url=url, dest=Path(dest), size=size, etag=etag, md5=md5, headers=dict(headers or {}))
+    with Downloader(cfg, transport=transport, dragonfly=dragonfly, implementation=implementation) as dl:
+        try:
+            return dl.download_many([req], progress=progress)[0]
+        finally:
+            if transport is not None:
+                transport.clear()

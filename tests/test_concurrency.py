@@ -1,0 +1,148 @@
+"""The adaptive limit's decisions, driven by a fake clock and synthetic throughput.
+
+A "link" here is a function from requests in flight to bytes per second; each tick feeds
+the limit what that link would deliver in 50 ms at the current level. No timing, no
+threads: every assertion is about the rule in :mod:`dfrepo.engine.concurrency`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pytest
+
+from dfrepo.engine.concurrency import (
+    DROP,
+    REPROBE_SECONDS,
+    THROTTLE_COOLDOWN,
+    WINDOW_SECONDS,
+    AdaptiveLimit,
+)
+from dfrepo.engine.settings import TransferConfig
+
+TICK = 0.05
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def drive(limit: AdaptiveLimit, clock: FakeClock, link: Callable[[int], float], seconds: float,
+          *, saturated: bool = True) -> None:
+    end = clock.now + seconds
+    while clock.now < end:
+        clock.now += TICK
+        limit.record(int(link(limit.limit) * TICK), saturated=saturated)
+
+
+def per_connection(rate: float, cap: float = float("inf")) -> Callable[[int], float]:
+    """An origin that serves each connection at *rate*, behind a link of *cap*."""
+    return lambda n: min(n * rate, cap)
+
+
+def make(initial: int = 4, maximum: int = 32) -> tuple[AdaptiveLimit, FakeClock]:
+    clock = FakeClock()
+    return AdaptiveLimit(initial, maximum, clock=clock), clock
+
+
+def test_grows_to_the_ceiling_while_every_connection_adds_throughput() -> None:
+    limit, clock = make()
+    drive(limit, clock, per_connection(20e6), 5.0)
+    assert limit.limit == 32
+    assert [d.new for d in limit.decisions] == [8, 16, 32]
+    assert all(d.why == "throughput rose" for d in limit.decisions)
+
+
+def test_ramp_takes_two_windows_per_doubling() -> None:
+    """One window to measure, one skipped while the new connections ramp up."""
+    limit, clock = make()
+    drive(limit, clock, per_connection(20e6), 10 * WINDOW_SECONDS)
+    assert limit.limit == 32 and limit.decisions[-1].at <= 8 * WINDOW_SECONDS + TICK
+
+
+def test_stops_where_the_link_is_full() -> None:
+    """50 MB/s per connection behind a 500 MB/s link: 4 -> 8 -> 16 (8 gave 400, 16 gives
+    500: +25 % is a gain) -> 32 gives nothing: back to 16 and hold."""
+    limit, clock = make()
+    drive(limit, clock, per_connection(50e6, cap=500e6), 2.5)
+    assert limit.limit == 16
+    assert limit.decisions[-1].why == "no gain" and limit.decisions[-1].old == 32
+
+
+def test_a_saturated_link_at_the_start_stays_small() -> None:
+    """Loopback with CPU as the bottleneck: 4 connections already fill it; 8 bring < 10 %."""
+    limit, clock = make()
+    drive(limit, clock, per_connection(400e6, cap=1.1e9), 1.5)
+    assert limit.limit in (4, 8)
+    drive(limit, clock, per_connection(400e6, cap=1.1e9), 1.0)
+    assert limit.limit <= 8
+
+
+def test_throttling_halves_and_blocks_growth_for_the_cooldown() -> None:
+    limit, clock = make()
+    drive(limit, clock, per_connection(20e6), 3.0)
+    assert limit.limit == 32
+    limit.throttled()
+    assert limit.limit == 16 and limit.decisions[-1].why == "throttled"
+    drive(limit, clock, per_connection(20e6), THROTTLE_COOLDOWN - 0.5)
+    assert limit.limit == 16, "no growth during the cooldown"
+    drive(limit, clock, per_connection(20e6), REPROBE_SECONDS + 2.0)
+    assert limit.limit > 16, "probes upwards again after the cooldown"
+
+
+def test_repeated_throttling_goes_down_to_one() -> None:
+    limit, _ = make(initial=8)
+    for _ in range(6):
+        limit.throttled()
+    assert limit.limit == 1
+
+
+def test_falling_throughput_backs_off_by_a_quarter() -> None:
+    limit, clock = make(initial=16, maximum=16)
+    drive(limit, clock, per_connection(20e6), 1.0)
+    assert limit.limit == 16
+    drive(limit, clock, lambda n: 320e6 * (DROP - 0.2), 1.0)  # the link got congested
+    assert limit.limit == 12 and limit.decisions[-1].why == "throughput fell"
+
+
+def test_reprobes_after_holding_and_finds_a_link_that_freed_up() -> None:
+    limit, clock = make()
+    drive(limit, clock, per_connection(50e6, cap=400e6), 2.0)
+    held = limit.limit
+    assert held == 8
+    drive(limit, clock, per_connection(50e6, cap=1.6e9), 3 * REPROBE_SECONDS + 3.0)
+    assert limit.limit > held
+    assert any(d.why == "probe" for d in limit.decisions)
+
+
+def test_the_tail_of_a_batch_does_not_count() -> None:
+    """With nothing queued, falling throughput is the batch ending, not congestion."""
+    limit, clock = make(initial=16, maximum=16)
+    drive(limit, clock, per_connection(20e6), 1.0)
+    drive(limit, clock, lambda n: 1e6, 2.0, saturated=False)
+    assert limit.limit == 16 and not limit.decisions
+
+
+def test_a_fixed_concurrency_never_changes() -> None:
+    clock = FakeClock()
+    limit = AdaptiveLimit(6, 6, adaptive=False, clock=clock)
+    drive(limit, clock, per_connection(20e6), 3.0)
+    limit.throttled()
+    assert limit.limit == 6 and not limit.decisions
+
+
+@pytest.mark.parametrize("maximum", [1, 3, 5])
+def test_never_above_the_ceiling(maximum: int) -> None:
+    limit, clock = make(initial=4, maximum=maximum)
+    assert limit.limit == min(4, maximum)
+    drive(limit, clock, per_connection(20e6), 5.0)
+    assert limit.limit <= maximum
+
+
+def test_memory_bound_is_the_ceiling_times_the_buffer() -> None:
+    cfg = TransferConfig()
+    assert cfg.max_workers * cfg.buffer_size <= 32 * 1024 * 1024
