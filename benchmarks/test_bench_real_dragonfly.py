@@ -28,7 +28,7 @@ from typing import Any
 import _harness as H
 import pytest
 
-from dfrepo.config import TransferConfig
+from dfrepo.engine.settings import TransferConfig
 from dfrepo.dragonfly import DragonflyConfig
 from dfrepo.repo import pull
 
