@@ -43,7 +43,7 @@ from dfrepo.locations import (
     safe_relpath,
 )
 from dfrepo.repo import pull
-from dfrepo.engine.plan import SMALL_TO_SOURCE, MiB, auto_piece_length, plan_spans
+from dfrepo.engine.plan import MIN_DIRECT_RANGE, SMALL_TO_SOURCE, MiB, auto_piece_length, plan_spans
 
 FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -377,12 +377,12 @@ def test_prop_request_headers(url: str, tag: str | None, filt: tuple[str, ...] |
 
 @FAST
 @given(st.integers(0, 1 << 40), st.integers(64 * 1024, 1 << 31), st.booleans(), st.booleans(),
-       st.sampled_from([None, 4 * MiB, 8 * MiB, 64 * MiB]))
+       st.sampled_from([None, 4 * MiB, 8 * MiB, 64 * MiB]), st.integers(1, 64))
 def test_prop_plan_covers_exactly_once(size: int, range_size: int, via_peer: bool, peer_ranges: bool,
-                                       piece_length: int | None) -> None:
-    assume(size // range_size < 20_000)  # keep each example cheap
+                                       piece_length: int | None, connections: int) -> None:
+    assume(size // min(range_size, MIN_DIRECT_RANGE) < 20_000)  # keep each example cheap
     plan = plan_spans(size, range_size=range_size, via_peer=via_peer, peer_ranges=peer_ranges,
-                      piece_length=piece_length)
+                      piece_length=piece_length, connections=connections)
     if size == 0:
         assert plan == [(0, -1, False)]
         return
@@ -393,9 +393,12 @@ def test_prop_plan_covers_exactly_once(size: int, range_size: int, via_peer: boo
         pos = span.end + 1
     assert pos == size
     if not via_peer:
-        # no short tail: every range but a lone one is at least half a range long
-        assert len(plan) == 1 or all(s.length >= range_size // 2 for s in plan)
+        # no short tail: every range but a lone one is at least half a range long, where a
+        # range is range_size, or less (not under MIN_DIRECT_RANGE) to give every connection work
+        floor = min(range_size, MIN_DIRECT_RANGE)
+        assert len(plan) == 1 or all(s.length >= floor // 2 for s in plan)
         assert all(s.length < 2 * range_size for s in plan)
+        assert len(plan) >= min(2 * connections, size // range_size, size // MIN_DIRECT_RANGE)
         return
     if size <= SMALL_TO_SOURCE or not peer_ranges:
         assert plan == [(0, size - 1, False)], "small objects and whole-file mode: one plain GET"

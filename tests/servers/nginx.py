@@ -71,8 +71,15 @@ def nginx_binary() -> Path | None:
     return which("nginx")
 
 
-def start_nginx(workdir: Path, root: Path | None = None, *, timeout: float = 15.0) -> NginxOrigin:
-    """Start ``nginx -c <conf> -p <workdir>`` in the foreground on a free loopback port."""
+def start_nginx(workdir: Path, root: Path | None = None, *, timeout: float = 15.0,
+                upstream: str | None = None, limit_rate: str | None = None) -> NginxOrigin:
+    """Start ``nginx -c <conf> -p <workdir>`` in the foreground on a free loopback port.
+
+    :param upstream: ``host:port`` to reverse-proxy to (unbuffered, keep-alive, the client's
+        ``Host`` forwarded so S3 signatures still match) instead of serving *root*.
+    :param limit_rate: nginx ``limit_rate`` for every response, per connection (e.g. ``"40m"``
+        = 40 MB/s): an origin that serves each connection at a fixed rate, as object stores do.
+    """
     exe = nginx_binary()
     if exe is None:
         raise FileNotFoundError("nginx not found (apt package nginx-light); run scripts/bootstrap.sh")
@@ -87,6 +94,13 @@ def start_nginx(workdir: Path, root: Path | None = None, *, timeout: float = 15.
     # Running as root, nginx would drop workers to "nobody", which cannot read pytest's 0700 dirs.
     user = "user root root;" if os.geteuid() == 0 else ""
     conf = workdir / "nginx.conf"
+    rate = f"limit_rate {limit_rate};" if limit_rate else ""
+    upstream_block = proxy = ""
+    if upstream:
+        upstream_block = f"upstream origin {{ server {upstream}; keepalive 128; }}"
+        proxy = ("location / { proxy_pass http://origin; proxy_http_version 1.1; "
+                 "proxy_set_header Connection \"\"; proxy_set_header Host $http_host; "
+                 "proxy_buffering off; proxy_request_buffering off; client_max_body_size 0; }")
     conf.write_text(
         f"""{user}
 daemon off;
@@ -111,11 +125,14 @@ http {{
     fastcgi_temp_path {workdir / "fastcgi"};
     uwsgi_temp_path {workdir / "uwsgi"};
     scgi_temp_path {workdir / "scgi"};
+    {upstream_block}
     server {{
         listen {LOOPBACK}:{port};
         server_name localhost;
         root {root};
         autoindex off;
+        {rate}
+        {proxy}
     }}
 }}
 """

@@ -36,7 +36,7 @@ class FileSystem:
 
     def create(self, path: Path) -> int:
         """Create *path*, which must not exist (a file inside a private stage directory)."""
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
 
     def open_read(self, path: str | Path) -> int:
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
