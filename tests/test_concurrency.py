@@ -14,6 +14,7 @@ import pytest
 from dfrepo.engine.concurrency import (
     DROP,
     REPROBE_SECONDS,
+    SETTLE_SECONDS,
     THROTTLE_COOLDOWN,
     WINDOW_SECONDS,
     AdaptiveLimit,
@@ -57,11 +58,12 @@ def test_grows_to_the_ceiling_while_every_connection_adds_throughput() -> None:
     assert all(d.why == "throughput rose" for d in limit.decisions)
 
 
-def test_ramp_takes_two_windows_per_doubling() -> None:
-    """One window to measure, one skipped while the new connections ramp up."""
+def test_ramp_takes_a_window_and_a_settling_pause_per_doubling() -> None:
+    """One window to measure, plus a pause (not measured) while new connections ramp up."""
     limit, clock = make()
-    drive(limit, clock, per_connection(20e6), 10 * WINDOW_SECONDS)
-    assert limit.limit == 32 and limit.decisions[-1].at <= 8 * WINDOW_SECONDS + TICK
+    drive(limit, clock, per_connection(20e6), 4 * (WINDOW_SECONDS + SETTLE_SECONDS))
+    assert limit.limit == 32
+    assert limit.decisions[-1].at <= 3 * WINDOW_SECONDS + 2 * SETTLE_SECONDS + 3 * TICK
 
 
 def test_stops_where_the_link_is_full() -> None:

@@ -481,7 +481,7 @@ def test_default_concurrency_is_adaptive_from_a_start_that_depends_on_the_batch(
 
     cfg = TransferConfig()
     assert cfg.concurrency is None and cfg.adaptive
-    assert cfg.initial_workers() == INITIAL_CONCURRENCY == 4
+    assert cfg.initial_workers() == INITIAL_CONCURRENCY == 8
     assert cfg.initial_workers(files_through_peer=True) == PEER_FILES_IN_FLIGHT == 16
     assert cfg.max_workers == cfg.max_concurrency == 32
     fixed = TransferConfig(concurrency=3)

@@ -3,7 +3,7 @@
 
 from typing import Callable
 
-from dfrepo.engine.body import Body, Cursor
+from dfrepo.engine.body import Body, Cursor, WritableBuffer
 
 IMPLEMENTATION: str
 MODES: tuple[str, ...]
@@ -13,7 +13,7 @@ def copy_body(
     fd: int,
     offset: int,
     length: int,
-    buf: bytearray,
+    buf: WritableBuffer,
     cursor: Cursor,
     progress: Callable[[int], object] | None = None,
     mode: str = "auto",

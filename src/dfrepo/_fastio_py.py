@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from .engine.body import Body, Cursor
+from .engine.body import Body, Cursor, WritableBuffer
 from .errors import IncompleteDownloadError
 
 IMPLEMENTATION = "python"
@@ -31,7 +31,7 @@ def copy_body(
     fd: int,
     offset: int,
     length: int,
-    buf: bytearray,
+    buf: WritableBuffer,
     cursor: Cursor,
     progress: Callable[[int], object] | None = None,
     mode: str = "auto",

@@ -97,10 +97,12 @@ def start_nginx(workdir: Path, root: Path | None = None, *, timeout: float = 15.
     rate = f"limit_rate {limit_rate};" if limit_rate else ""
     upstream_block = proxy = ""
     if upstream:
+        # Buffered in memory only (no temp files): limit_rate does not apply to unbuffered proxying.
         upstream_block = f"upstream origin {{ server {upstream}; keepalive 128; }}"
         proxy = ("location / { proxy_pass http://origin; proxy_http_version 1.1; "
                  "proxy_set_header Connection \"\"; proxy_set_header Host $http_host; "
-                 "proxy_buffering off; proxy_request_buffering off; client_max_body_size 0; }")
+                 "proxy_buffering on; proxy_max_temp_file_size 0; proxy_buffers 16 64k; "
+                 "proxy_request_buffering off; client_max_body_size 0; }")
     conf.write_text(
         f"""{user}
 daemon off;

@@ -10,12 +10,23 @@ the body was consumed (:func:`release`). This module is the only place that reac
 
 from __future__ import annotations
 
+import mmap
 import socket
 import ssl
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 import urllib3
+
+
+WritableBuffer = Union[bytearray, mmap.mmap]
+"""The byte mover's reused buffer: any writable, contiguous buffer of bytes."""
+
+
+def new_buffer(size: int) -> mmap.mmap:
+    """A buffer whose pages are not touched until used: a splice-only worker never makes
+    its buffer resident, so peak RSS does not grow with the number of connections."""
+    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
 
 @dataclass

@@ -20,10 +20,12 @@ batch's aggregate throughput — bytes of every file, not per file — and:
 
 A window is :data:`WINDOW_SECONDS` long and only counts while the batch has more work
 queued than requests in flight (the tail of a batch says nothing about the link); the
-first window after a change is skipped (new connections ramp up). The constants were
-chosen on this project's rate-limited-origin benchmark (``benchmarks/test_bench_link.py``,
-results in ``benchmarks/results``): 0.25 s windows reach 32 connections in about 1.5 s,
-and a 10 % gain threshold ignores the few-percent noise of a 2-core loopback box.
+first :data:`SETTLE_SECONDS` after a change are not measured (new connections open and
+ramp up). The constants were chosen on this project's rate-limited-origin benchmark
+(``benchmarks/test_bench_link.py``, results in ``benchmarks/results``): from 8 requests a
+doubling every 0.3 s reaches 32 within a second — short against a multi-GB model, and
+still long enough that one window holds dozens of 1 MiB chunks — and a 10 % gain
+threshold ignores the few-percent noise of a 2-core loopback box.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 #: Seconds per throughput measurement.
-WINDOW_SECONDS = 0.25
+WINDOW_SECONDS = 0.2
+#: Seconds not measured after a change, while new connections open and ramp up.
+SETTLE_SECONDS = 0.1
 #: A higher level must raise throughput by this factor to be kept.
 GAIN = 1.10
 #: Throughput under this fraction of the level's best = congestion: back off.
@@ -81,7 +85,7 @@ class AdaptiveLimit:
         self._prev_level = self.limit
         self._prev_rate = 0.0  # throughput measured at _prev_level
         self._best = 0.0  # best throughput at the current level
-        self._settle = False  # the first window after a change is not measured
+        self._settle_until = 0.0  # no measurement before this (a change was just made)
         self._window_start: float | None = None
         self._window_bytes = 0
         self._level_since = self.clock()
@@ -95,8 +99,8 @@ class AdaptiveLimit:
             return
         with self._lock:
             now = self.clock()
-            if not saturated:
-                self._window_start = None  # the tail of a batch measures nothing
+            if not saturated or now < self._settle_until:
+                self._window_start = None  # the tail of a batch, or connections ramping up
                 return
             if self._window_start is None:
                 self._window_start, self._window_bytes = now, 0
@@ -107,9 +111,6 @@ class AdaptiveLimit:
                 return
             rate = self._window_bytes / elapsed
             self._window_start, self._window_bytes = now, 0
-            if self._settle:
-                self._settle = False
-                return
             self._decide(now, rate)
 
     def throttled(self) -> None:
@@ -159,6 +160,6 @@ class AdaptiveLimit:
         if new != self.limit:
             self.decisions.append(Decision(now, self.limit, new, why, rate))
             self.limit = new
-            self._settle = True
+            self._settle_until = now + SETTLE_SECONDS
         self._level_since = now
         self._window_start = None

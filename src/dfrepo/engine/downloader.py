@@ -24,7 +24,7 @@ import urllib3
 from ..errors import DfrepoError
 from ..values import normalize_etag
 from . import exchange as ex
-from .body import Cursor, open_body, release
+from .body import Cursor, WritableBuffer, new_buffer, open_body, release
 from .commit import commit, sync_directories
 from .concurrency import AdaptiveLimit
 from .fs import FileSystem
@@ -211,11 +211,11 @@ class Downloader:
                 job.error = as_dfrepo_error(exc, job.req.url)
                 sched.fail(job.error)
 
-    def _buffer(self) -> bytearray:
-        """This worker thread's reused buffer (allocated on its first body)."""
-        buf: bytearray | None = getattr(self._local, "buf", None)
+    def _buffer(self) -> WritableBuffer:
+        """This worker thread's reused buffer (mapped on its first body, resident once used)."""
+        buf: WritableBuffer | None = getattr(self._local, "buf", None)
         if buf is None:
-            buf = self._local.buf = bytearray(self.config.buffer_size)
+            buf = self._local.buf = new_buffer(self.config.buffer_size)
         return buf
 
     def _copy(self, resp: urllib3.BaseHTTPResponse, job: FileJob, offset: int, length: int,

@@ -12,7 +12,7 @@ from types import ModuleType
 from typing import Callable, Protocol
 
 from ..values import TRUE_WORDS
-from .body import Body, Cursor
+from .body import Body, Cursor, WritableBuffer
 
 
 class CopyBody(Protocol):
@@ -22,7 +22,7 @@ class CopyBody(Protocol):
         fd: int,
         offset: int,
         length: int,
-        buf: bytearray,
+        buf: WritableBuffer,
         cursor: Cursor,
         progress: Callable[[int], object] | None = ...,
         mode: str = ...,
