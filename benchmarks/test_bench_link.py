@@ -178,3 +178,78 @@ def test_link_large(link, tmpfs_dir, bench_scale) -> None:
 
 def test_link_many(link, tmpfs_dir, bench_scale) -> None:
     _run("many", link, tmpfs_dir, bench_scale)
+
+
+TRITON_SIZES = {"smoke": 64 * H.MiB, "full": 2 * H.GiB}
+
+
+@pytest.mark.triton
+def test_link_triton(link, seaweedfs, triton_server, bench_scale, tmpfs_dir, disk_dir) -> None:
+    """Triton loading one model from the rate-limited origin: its own S3 download vs the
+    dfrepo agent (no Dragonfly: straight to the store, the same endpoint). Both load times
+    include the same model start-up and an inference."""
+    import json
+    import statistics
+    import time
+
+    from servers.models import make_toy_model
+    from servers.upload import upload_tree_s3
+    from test_bench_triton import _install_agent, _unload
+
+    sc = bench_scale
+    size = TRITON_SIZES[H.scale_name()]
+    name = f"link_{size // H.MiB}m"
+    root = tmpfs_dir / "link-triton-models"
+    make_toy_model(root, name, payload_bytes=size, verify_payload=False)
+    upload_tree_s3(seaweedfs, link["bucket"], "linktriton", root)
+    shutil.rmtree(root, ignore_errors=True)
+    repo_url = f"s3://{link['proxy'].host}:{link['proxy'].port}/{link['bucket']}/linktriton"
+    work = tmpfs_dir / "link-triton-work"
+    work.mkdir(parents=True, exist_ok=True)
+    dragonfly_json = work / "dragonfly_config.json"
+    dragonfly_json.write_text(json.dumps({"fallback_direct": True}))  # no proxy: the store itself
+    cache = disk_dir / "link-triton-cache"
+    agent = {"name": name, "backend": "python", "max_batch_size": 0,
+             "input": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [4]}],
+             "output": [{"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [4], "label_filename": "labels.txt"}],
+             "instance_group": [{"count": 1, "kind": "KIND_CPU"}],
+             "model_repository_agents": {"agents": [{"name": "dragonfly"}]}}
+    cases = {"triton-s3": None, "triton+dfrepo": agent}
+    times: dict[str, list[float]] = {c: [] for c in cases}
+    handle = triton_server(repo_url, repoagent_dir=str(_install_agent(work)),
+                           env=dict(seaweedfs.triton_env(), DFREPO_CACHE_DIR=str(cache),
+                                    TRITON_DRAGONFLY_CONFIG_PATH=str(dragonfly_json)))
+    try:
+        def one(case: str, measured: bool) -> H.Run:
+            H.clear_outputs([cache])  # never a cache hit: every load downloads
+            t0 = time.perf_counter()
+            status, body = handle.load(name, cases[case], timeout=sc["timeout"])
+            dt = time.perf_counter() - t0
+            assert status == 200, f"{case}: load -> {status}: {body[:300]}"
+            assert handle.infer_fp32(name, "INPUT0", [1, 2, 3, 4], "OUTPUT0") == [2, 3, 4, 5]
+            _unload(handle, name)
+            if measured:
+                times[case].append(dt)
+            return H.Run(case, dt, 0.0, 0.0, dt, 0, 0)
+
+        H.run_rounds(list(cases), one, sc, label="link_triton")
+    finally:
+        handle.stop()
+        H.clear_outputs([cache])
+    med = {c: statistics.median(ts) for c, ts in times.items()}
+    ratio = med["triton-s3"] / med["triton+dfrepo"]
+    rows = [[c, med[c], min(times[c]), med["triton-s3"] / med[c], len(times[c])] for c in cases]
+    md = H.markdown_table(["case", "load median s", "min s", "speedup vs Triton S3", "runs"], rows)
+    notes = [f"python-backend toy model, {H.human(size)} weights, repository {repo_url} (nginx limit_rate "
+             f"{RATE[H.scale_name()]} per connection in front of SeaweedFS); each load followed by an inference "
+             "and an unload; the dfrepo agent with no Dragonfly proxy (straight to the store) and its cache emptied",
+             H.target("Triton+dfrepo ÷ Triton's own S3 (load time)", ratio, 1.0)]
+    chart = H.bar_chart(H.results_dir() / "link_triton.png",
+                        f"Triton load from a rate-limited store ({RATE[H.scale_name()]}/connection), "
+                        f"{H.human(size)} (s, median)", list(cases), [med[c] for c in cases], "load time (s)",
+                        annotate=[f"{med[c]:.2f}s" for c in cases], highlight=[1])
+    H.write_result("link_triton", {"model": {"name": name, "size": size}, "times": times, "notes": notes,
+                                   "charts": [str(chart)] if chart else []}, md)
+    assert all(len(ts) == sc["rounds"] for ts in times.values())
+    if H.scale_name() == "full":
+        assert ratio >= 1.0, notes

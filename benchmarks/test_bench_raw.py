@@ -9,7 +9,8 @@ S3 (direct port) for the S3-native clients.  Workloads:
   dfrepo through ``Downloader.download_many``.
 
 Clients: dfrepo compiled (default io_mode: splice; recv as its own row), dfrepo's pure-Python
-twin, single-stream urllib3, hf_transfer (against nginx); boto3 classic s3transfer,
+twin, single-stream urllib3, the stdlib floor (8 threads of http.client + pwrite), hf_transfer
+(against nginx); boto3 classic s3transfer,
 awscrt ``S3Client`` and dfrepo on a presigned URL (against SeaweedFS, apples to apples).
 """
 
@@ -73,6 +74,7 @@ def _large_clients(src: dict[str, Any], s3: dict[str, Any], presigned: str) -> d
         "dfrepo-recv": {**DFREPO, "config": {"io_mode": "recv"}, "url": src["url"], "size": src["size"]},
         "dfrepo-twin": {"client": "dfrepo", "implementation": "python", "url": src["url"], "size": src["size"]},
         "urllib3-1stream": {"client": "urllib3", "url": src["url"]},
+        "stdlib-8threads": {"client": "stdlib", "threads": 8, "url": src["url"], "size": src["size"]},
         "hf_transfer": {"client": "hf_transfer", "url": src["url"], "max_files": 16, "chunk_size": 10 * H.MiB},
         "dfrepo@s3": {**DFREPO, "url": presigned, "size": src["size"]},
         "boto3-classic@s3": {"client": "boto3", "s3": s3, "key": src["key"]},
@@ -93,6 +95,7 @@ def _targets(table: dict[str, dict[str, Any]]) -> list[str]:
 
     ref = table.get(REF_HTTP, {})
     return [
+        H.target("compiled ÷ stdlib floor (8 threads)", ratio("stdlib-8threads"), 1.3),
         H.target("compiled ÷ twin", ratio("dfrepo-twin"), 1.3),
         H.target("compiled ÷ hf_transfer", ratio("hf_transfer"), 1.5),
         H.target("compiled@s3 ÷ awscrt", ratio("awscrt@s3"), 1.5),
@@ -202,6 +205,7 @@ def test_raw_many(many_source, nginx_origin, seaweedfs, bench_bucket, bench_scal
         "dfrepo": {**DFREPO},
         "dfrepo-twin": {"client": "dfrepo", "implementation": "python"},
         "urllib3-1stream": {"client": "urllib3"},
+        "stdlib-8threads": {"client": "stdlib", "threads": 8},
         "hf_transfer": {"client": "hf_transfer", "max_files": 16, "chunk_size": 10 * H.MiB},
         "dfrepo@s3": {**DFREPO, "_presigned": True},
         "boto3-classic@s3": {"client": "boto3", "s3": s3, "_keys": True},
