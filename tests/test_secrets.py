@@ -122,6 +122,26 @@ def test_s3_presigned_failures_leak_nothing(seaweedfs, peer, tmp_path: Path, cap
 
 
 @pytest.mark.servers
+def test_urllib3_debug_log_carries_no_signature(seaweedfs, tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """With the root logger at DEBUG, urllib3's connection pool logs every request line —
+    query included. While dfrepo downloads, those records are scrubbed too."""
+    client = seaweedfs.client(direct=True)
+    client.create_bucket(Bucket="secrets-log")
+    client.put_object(Bucket="secrets-log", Key="w.bin", Body=b"x" * 100_000)
+    url = client.generate_presigned_url("get_object", Params={"Bucket": "secrets-log", "Key": "w.bin"},
+                                        ExpiresIn=300)
+    sigs = secret_query_values(url)
+    assert sigs
+    extra_secrets(*sigs)
+    caplog.set_level(logging.DEBUG)
+    download(url, tmp_path / "w.bin", config=CFG)
+    assert (tmp_path / "w.bin").read_bytes() == b"x" * 100_000
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("urllib3")]
+    assert any('"GET /secrets-log/w.bin?<redacted>' in ln for ln in lines), lines  # logged, scrubbed
+    assert_clean("\n".join(lines) + caplog.text, sigs + [seaweedfs.secret_key])
+
+
+@pytest.mark.servers
 def test_azure_sas_failures_leak_nothing(azurite, peer, tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
     from dfrepo.credentials import AzureCredentials
     from dfrepo.locations import parse_location

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import re
 import socket
 import threading
 from typing import Mapping
@@ -40,6 +41,34 @@ RETRYABLE_EXCEPTIONS: tuple[type[BaseException], ...] = (
 )
 
 
+class _RedactQueries(logging.Filter):
+    """Removes query strings (presigned URL signatures) from urllib3's log records.
+
+    urllib3's connection pool logs every request line at DEBUG, query included; with the
+    root logger at DEBUG a presigned URL would reach the logs. Installed once on the
+    ``urllib3`` loggers by the first :class:`Transport`, for the whole process."""
+
+    _QUERY = re.compile(r"\?[^\s\"']*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args:
+            args = record.args if isinstance(record.args, tuple) else (record.args,)
+            record.args = tuple(self._QUERY.sub("?<redacted>", a) if isinstance(a, str) else a for a in args)
+        if isinstance(record.msg, str) and "?" in record.msg:
+            record.msg = self._QUERY.sub("?<redacted>", record.msg)
+        return True
+
+
+_FILTER = _RedactQueries()
+
+
+def _install_log_filter() -> None:
+    for name in ("urllib3.connectionpool", "urllib3.poolmanager", "urllib3.util.retry", "urllib3.response"):
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+
+
 def _proxy_unreachable(exc: ProxyError) -> bool:
     """True when the proxy itself could not be connected to (not an error behind it)."""
     cause = exc.original_error if hasattr(exc, "original_error") else exc.__cause__
@@ -68,6 +97,7 @@ class Transport:
         fallback_direct: bool = True,
         maxsize: int | None = None,
     ) -> None:
+        _install_log_filter()
         self.config = config
         self.proxy = proxy or None
         self.fallback_direct = fallback_direct
