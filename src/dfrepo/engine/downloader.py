@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, Iterable, Mapping
 
 import urllib3
 
-from ..errors import DfrepoError
+from ..errors import DfrepoError, HTTPStatusError
 from ..values import normalize_etag
 from . import exchange as ex
 from .body import Cursor, WritableBuffer, new_buffer, open_body, release
 from .commit import commit, sync_directories
 from .concurrency import AdaptiveLimit
 from .fs import FileSystem
-from .jobs import DownloadRequest, DownloadResult, FileJob, ProgressCallback, Publish
+from .jobs import UNAUTHORIZED, DownloadRequest, DownloadResult, FileJob, ProgressCallback, Publish
 from .picker import get_copy_body
 from .plan import Span, plan_spans
 from .retry import RetryPolicy, as_dfrepo_error, exhausted, retryable, throttled
@@ -228,7 +228,7 @@ class Downloader:
             state.advance(n)
 
         body = open_body(resp, length, direct=self._direct_io, chunk=len(buf))
-        done = self._copy_body(body, job.fd, offset, length, buf, cursor, advance, self._mode, job.req.url, rng)
+        done = self._copy_body(body, job.fd, offset, length, buf, cursor, advance, self._mode, job.url, rng)
         release(resp, body)
         return done
 
@@ -243,11 +243,11 @@ class Downloader:
         used: Dragonfly never routes it P2P and presigned URLs are method-bound. A server
         that ignores ``Range`` answers 200: that body is the download.
         """
-        url = job.req.url
         whole = self._whole_files_via_peer
         first = self.config.range_size
         attempt = 0
         while True:
+            url = job.url
             job.requests += 1
             resp = None
             try:
@@ -281,7 +281,8 @@ class Downloader:
                 raise ex.status_error(resp, url, None)
             except _RETRY_ON as exc:
                 ex.close_quietly(resp)
-                self._failed_attempt(exc, attempt, url, None, sched)
+                if self._failed_attempt(job, exc, attempt, url, None, sched):
+                    continue
             attempt += 1
             job.retries += 1
             self.retry.sleep(attempt, resp)
@@ -296,13 +297,20 @@ class Downloader:
             job.retries += 1
             self._fetch_span(job, Span(cursor.written, end, True), sched, state)
 
-    def _failed_attempt(self, exc: BaseException, attempt: int, url: str, rng: tuple[int, int] | None,
-                        sched: Scheduler) -> None:
-        """Raise the final error if *exc* ends the request; note throttling either way."""
+    def _failed_attempt(self, job: FileJob, exc: BaseException, attempt: int, url: str,
+                        rng: tuple[int, int] | None, sched: Scheduler) -> bool:
+        """Raise the final error if *exc* ends the request; note throttling either way.
+        True = the URL was re-signed: retry at once (not counted as an attempt)."""
+        if (isinstance(exc, HTTPStatusError) and exc.status in UNAUTHORIZED
+                and job.refresh_url(url)):
+            log.info("dfrepo: %s was refused (HTTP %d); continuing with a freshly signed URL",
+                     job.req.dest.name, exc.status)
+            return True
         if throttled(exc):
             sched.throttled()
         if self.retry.gives_up(exc, attempt):
             raise exhausted(exc, attempt, url, rng)
+        return False
 
     def _whole_body(self, job: FileJob, resp: urllib3.BaseHTTPResponse, sched: Scheduler,
                     state: BatchProgress) -> None:
@@ -324,11 +332,11 @@ class Downloader:
 
     def _fetch_span(self, job: FileJob, span: Span, sched: Scheduler, state: BatchProgress) -> None:
         """Fetch one planned span; a retry resumes from the last byte written (as a range)."""
-        url = job.req.url
         start, end = span.start, span.end
         pos = start
         attempt = 0
         while True:
+            url = job.url
             cursor = Cursor()
             resp = None
             ranged = span.ranged or pos > start
@@ -348,7 +356,8 @@ class Downloader:
             except _RETRY_ON as exc:
                 ex.close_quietly(resp)
                 pos += cursor.written
-                self._failed_attempt(exc, attempt, url, (start, end), sched)
+                if self._failed_attempt(job, exc, attempt, url, (start, end), sched):
+                    continue
             attempt += 1
             job.retries += 1
             self.retry.sleep(attempt, resp)

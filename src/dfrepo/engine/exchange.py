@@ -148,8 +148,8 @@ def note_peer(job: FileJob, resp: urllib3.BaseHTTPResponse, dragonfly: Dragonfly
         from ..dragonfly import check_task_id, task_id_for_request
 
         try:
-            job.predicted_task_id = task_id_for_request(job.req.url, job.headers)
-            check_task_id(job.predicted_task_id, resp.headers, job.req.url)
+            job.predicted_task_id = task_id_for_request(job.url, job.headers)
+            check_task_id(job.predicted_task_id, resp.headers, job.url)
         except DfrepoError:  # Defensive: a prediction problem must not fail a download
             log.debug("dfrepo: could not predict the task id", exc_info=True)
 

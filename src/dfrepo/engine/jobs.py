@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,11 @@ class DownloadRequest:
     version: str | None = None
     """Store version evidence (ETag, GCS generation) folded into the Dragonfly task
     identity; defaults to ``etag``."""
+    refresh: Callable[[], str] | None = field(default=None, repr=False, compare=False)
+    """Signs a fresh URL for the same object (a store's presigner). When a request is
+    refused as unauthorized (400/401/403: the signature expired), the file continues with a
+    fresh URL; the Dragonfly task identity does not change (signature parameters are
+    filtered out of it)."""
 
 
 @dataclass(frozen=True)
@@ -59,12 +65,23 @@ class DownloadResult:
     was logged)."""
 
 
+#: Fresh URLs signed for one file at most (a URL that is refused at once again is not a
+#: matter of expiry).
+MAX_REFRESHES = 3
+#: Statuses with which stores refuse an expired signature (S3/Azure 403, GCS 400, 401).
+UNAUTHORIZED = frozenset({400, 401, 403})
+
+
 class FileJob:
     """Shared state of one file while its requests are in flight."""
 
     def __init__(self, req: DownloadRequest, headers: Mapping[str, str], fs: FileSystem,
                  publish: Publish) -> None:
         self.req = req
+        self.url = req.url
+        """The URL requests use now (re-signed when the first one expired)."""
+        self.refreshes = 0
+        self._lock = threading.Lock()
         self.headers = {**headers, **req.headers}
         self.size = req.size
         self.etag = normalize_etag(req.etag)
@@ -85,6 +102,21 @@ class FileJob:
         self.delivery = "streamed"
         self.error: BaseException | None = None
         self.result: DownloadResult | None = None
+
+    def refresh_url(self, failed_url: str) -> bool:
+        """After *failed_url* was refused as unauthorized: sign a fresh URL (once per
+        failure, however many ranges saw it). False when there is no presigner or it was
+        used :data:`MAX_REFRESHES` times."""
+        if self.req.refresh is None:
+            return False
+        with self._lock:
+            if self.url != failed_url:
+                return True  # another range of this file re-signed already
+            if self.refreshes >= MAX_REFRESHES:
+                return False
+            self.url = self.req.refresh()
+            self.refreshes += 1
+            return True
 
     def open(self) -> None:
         dest = self.req.dest
