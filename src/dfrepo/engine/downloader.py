@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dfrepo")
 
-_RETRY_ON = (DfrepoError, *RETRYABLE_EXCEPTIONS)
+_RETRY_ON: tuple[type[BaseException], ...] = (DfrepoError, *RETRYABLE_EXCEPTIONS)
 
 
 class Downloader:

@@ -36,7 +36,7 @@ class RetryPolicy:
 
         ``backoff_base * 2**(attempt-1)`` capped at ``backoff_max``, scaled by a jitter in
         [0.5, 1); a ``Retry-After`` is honoured up to ``backoff_max``."""
-        base = min(self.backoff_max, self.backoff_base * (2 ** (attempt - 1)))
+        base = min(self.backoff_max, self.backoff_base * 2.0 ** (attempt - 1))
         base *= 0.5 + (random.random() if jitter is None else jitter) / 2
         wait = retry_after_seconds(retry_after)
         if wait is not None:
