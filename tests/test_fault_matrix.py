@@ -580,9 +580,9 @@ def test_local_enospc(impl: str, tmp_path: Path, prealloc: bool) -> None:
         url = srv.put("/obj", data)
         if IS_ROOT:
             with tmpfs(tmp_path / "tiny", "256k") as mnt:
-                with pytest.raises(OSError) as ei:
-                    download(url, mnt / "out", size=len(data), config=cfg(preallocate=prealloc),
-                             implementation=impl)
+                with pytest.raises(OSError) as ei:  # the free-space check off: ENOSPC on write
+                    download(url, mnt / "out", size=len(data),
+                             config=cfg(preallocate=prealloc, check_space=False), implementation=impl)
                 assert os.listdir(mnt) == []
         else:  # /dev/full through the file-system seam: every write fails with ENOSPC
             from dfrepo.engine.fs import FileSystem
@@ -592,7 +592,7 @@ def test_local_enospc(impl: str, tmp_path: Path, prealloc: bool) -> None:
                     return os.open("/dev/full", os.O_WRONLY), str(dest) + ".never-created"
 
             req = DownloadRequest(url=url, dest=tmp_path / "out", size=len(data))
-            with Downloader(cfg(preallocate=False), implementation=impl, fs=DevFull()) as dl:
+            with Downloader(cfg(preallocate=False, check_space=False), implementation=impl, fs=DevFull()) as dl:
                 with pytest.raises(OSError) as ei:
                     dl.download_many([req])
         ranges = [x.headers.get("Range") for x in srv.seen]
@@ -606,9 +606,25 @@ def test_local_enospc_pull_removes_stage(tmp_path: Path) -> None:
     with RangeServer() as srv, tmpfs(tmp_path / "tiny", "512k") as mnt:
         objs = objects_for(srv, files)
         with pytest.raises(OSError) as ei:
-            pull(LOCATION, mnt / "model", objects=objs, dragonfly=DragonflyConfig(), transfer=cfg())
+            pull(LOCATION, mnt / "model", objects=objs, dragonfly=DragonflyConfig(),
+                 transfer=cfg(check_space=False))
         assert ei.value.errno == errno.ENOSPC
         assert os.listdir(mnt) == []
+
+
+def test_local_free_space_checked_before_the_first_byte(tmp_path: Path) -> None:
+    """A model that cannot fit fails at once with InsufficientSpaceError (nothing fetched,
+    nothing left behind), naming the directory and the bytes needed and available."""
+    files = model_files(1_000_000)
+    with RangeServer() as srv, tmpfs(tmp_path / "tiny", "512k") as mnt:
+        objs = objects_for(srv, files)
+        with pytest.raises(errors.InsufficientSpaceError) as ei:
+            pull(LOCATION, mnt / "model", objects=objs, dragonfly=DragonflyConfig(), transfer=cfg())
+        assert os.listdir(mnt) == []
+        assert srv.gets == 0
+    err = ei.value
+    assert err.needed > sum(len(d) for d in files.values()) and 0 < err.available < err.needed
+    assert str(mnt) in str(err) and "free space" in str(err)
 
 
 def test_local_readonly_destination(impl: str, tmp_path: Path) -> None:

@@ -219,6 +219,12 @@ class ProxyUnavailableError(TransferError):
     """The Dragonfly peer's proxy cannot be reached and direct fallback is off."""
 
 
+class InsufficientSpaceError(TransferError):
+    """The destination's file system has not enough free space for the files to fetch
+    (checked before the first byte; nothing was written). Attributes: ``path``,
+    ``needed`` and ``available`` (bytes)."""
+
+
 class CacheError(DfrepoError):
     """The persistent cache is unusable (bad directory, corrupt entry that cannot be removed)."""
 

@@ -11,9 +11,37 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from ..errors import ChecksumMismatchError
+from ..errors import ChecksumMismatchError, InsufficientSpaceError
 from .fs import FileSystem
-from .jobs import FileJob
+from .jobs import DownloadRequest, FileJob
+
+#: Free space kept beyond the files' sizes: a fixed reserve plus a share of the total
+#: (file-system metadata, other writers, Triton's own temp files).
+SPACE_RESERVE = 64 * 1024 * 1024
+SPACE_MARGIN = 0.02
+
+
+def check_free_space(fs: FileSystem, requests: Iterable[DownloadRequest]) -> None:
+    """Refuse a batch whose known sizes do not fit on the destination file systems.
+
+    :raises InsufficientSpaceError: before anything is written, naming the directory and
+        the bytes needed and available. Unknown sizes are not counted (they are checked by
+        the write itself: ENOSPC).
+    """
+    need: dict[int, tuple[Path, int]] = {}
+    for req in requests:
+        if not req.size:
+            continue
+        dev = fs.device_of(req.dest.parent)
+        where, total = need.get(dev, (req.dest.parent, 0))
+        need[dev] = (where, total + req.size)
+    for where, total in need.values():
+        wanted = total + SPACE_RESERVE + int(total * SPACE_MARGIN)
+        free = fs.free_bytes(where)
+        if free < wanted:
+            raise InsufficientSpaceError(
+                f"not enough free space in {where}: the files need {total} bytes (+ a reserve of "
+                f"{wanted - total}), {free} are available", path=str(where), needed=wanted, available=free)
 
 
 def commit(job: FileJob, *, fsync: bool, verify_checksum: bool) -> int:

@@ -25,7 +25,7 @@ from ..errors import DfrepoError, HTTPStatusError
 from ..values import normalize_etag
 from . import exchange as ex
 from .body import Cursor, WritableBuffer, new_buffer, open_body, release
-from .commit import commit, sync_directories
+from .commit import check_free_space, commit, sync_directories
 from .concurrency import AdaptiveLimit
 from .fs import FileSystem
 from .jobs import UNAUTHORIZED, DownloadRequest, DownloadResult, FileJob, ProgressCallback, Publish
@@ -126,9 +126,12 @@ class Downloader:
     ) -> list[DownloadResult]:
         """Fetch every request; all succeed, or the first error is raised and no partial
         file of any request is left behind (files already completed stay)."""
-        jobs = [FileJob(r, ex.base_headers(r, self.dragonfly), self.fs, self.publish) for r in requests]
-        if not jobs:
+        reqs = list(requests)
+        if not reqs:
             return []
+        if self.config.check_space:
+            check_free_space(self.fs, reqs)
+        jobs = [FileJob(r, ex.base_headers(r, self.dragonfly), self.fs, self.publish) for r in reqs]
         known = sum(j.size or 0 for j in jobs)
         state = BatchProgress(progress, known if all(j.size is not None for j in jobs) else 0)
         tasks: list[Task] = []

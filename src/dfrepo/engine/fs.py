@@ -89,6 +89,25 @@ class FileSystem:
     def md5(self, fd: int, size: int) -> str:
         return md5_of_fd(fd, size)
 
+    def device_of(self, path: Path) -> int:
+        """The file system (``st_dev``) *path* — or its nearest existing parent — lives on."""
+        for candidate in (path, *path.parents):
+            try:
+                return os.stat(candidate).st_dev
+            except FileNotFoundError:
+                continue
+        return os.stat("/").st_dev
+
+    def free_bytes(self, path: Path) -> int:
+        """Bytes an unprivileged writer may still use on *path*'s file system."""
+        for candidate in (path, *path.parents):
+            try:
+                st = os.statvfs(candidate)
+            except FileNotFoundError:
+                continue
+            return st.f_bavail * st.f_frsize
+        return 0
+
 
 def md5_of_fd(fd: int, size: int) -> str:
     """Hex MD5 of the first *size* bytes of *fd*, read with ``preadv`` into one buffer."""

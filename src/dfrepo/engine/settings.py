@@ -55,6 +55,8 @@ class TransferConfig:
         copy, ``readinto`` through http.client, ``auto`` picks the measured best.
     :param verify_checksum: check MD5 when the store listed one.
     :param preallocate: reserve the whole file up front (early ENOSPC, less fragmentation).
+    :param check_space: before a batch, check that the destination file systems have room
+        for every file of known size plus a reserve (:mod:`dfrepo.engine.commit`).
     """
 
     concurrency: int | None = None
@@ -72,6 +74,7 @@ class TransferConfig:
     io_mode: IOMode = "auto"
     verify_checksum: bool = True
     preallocate: bool = True
+    check_space: bool = True
 
     def __post_init__(self) -> None:
         def bad(key: str, why: str) -> ConfigError:
