@@ -284,8 +284,19 @@ def serve_channel(dispatcher: Dispatcher, sock: socket.socket) -> None:
             else:
                 started = time.monotonic()
                 box: list[dict[str, Any]] = []
-                runner = threading.Thread(target=lambda: box.append(dispatcher.run(request, channel)),
-                                          name=f"{threading.current_thread().name}-run", daemon=True)
+
+                def run() -> None:
+                    try:
+                        box.append(dispatcher.run(request, channel))
+                    except BaseException as exc:  # SystemExit from an agent: this action fails
+                        box.append(error_reply(
+                            exc, agent=dispatcher.agent_name(str(request.get("model", "")),
+                                                             request.get("parameters") or {}),
+                            action=str(request.get("action", "")), model=_model_name(request),
+                            location=str(request.get("location", ""))))
+
+                runner = threading.Thread(target=run, name=f"{threading.current_thread().name}-run",
+                                          daemon=True)
                 runner.start()
                 runner.join(budget)
                 with channel.lock:
@@ -293,7 +304,6 @@ def serve_channel(dispatcher: Dispatcher, sock: socket.socket) -> None:
                         channel.abandoned = True
                 if channel.abandoned:
                     reply = _deadline_reply(dispatcher, request, time.monotonic() - started, channel)
-                    print(f"[dfrepo-agent] worker: {reply['message']}", file=sys.stderr, flush=True)
                 else:
                     reply = box[0]
             with channel.lock:
