@@ -570,8 +570,10 @@ def test_trickling_load_fails_at_its_deadline_and_triton_stays_responsive(
         assert _wait(lambda: origin.gets >= 1, 10)  # the trickle has begun
         stuck_pid = _pids(pidfile)[0][1]
         assert server.is_live()
-        index = _Timed(server.repository_index)  # Triton answers it after the LOAD returns
+        index = _Timed(server.repository_index)
         index.start()
+        good = _Timed(lambda: server.load("good", timeout=deadline + 60))  # waits for Triton's lock
+        good.start()
         status, body = load.outcome(deadline + 60)
         assert load.finished is not None
         took = load.finished - load.started
@@ -587,9 +589,15 @@ def test_trickling_load_fails_at_its_deadline_and_triton_stays_responsive(
         assert _wait(lambda: not _alive(stuck_pid), 10)
         entries = index.outcome(30)
         assert index.finished is not None and index.finished < load.finished + 5
+        print(f"[deadline] repository index asked during the stuck LOAD answered after "
+              f"{index.finished - index.started:.2f} s ({index.finished - load.finished:+.2f} s from "
+              f"the LOAD's answer)")
         assert {e["name"] for e in entries} == {"stuck", "good"}
         assert not server.is_ready("stuck")
-        assert server.load("good")[0] == 200
+        assert good.outcome(deadline + 60)[0] == 200 and good.finished is not None
+        print(f"[deadline] a second model's LOAD asked during the stuck one answered after "
+              f"{good.finished - good.started:.2f} s ({good.finished - load.finished:+.2f} s from the "
+              f"stuck LOAD's answer)")
         assert server.infer_fp32("good", "INPUT0", [1, 2, 3, 4], "OUTPUT0") == [3.0, 4.0, 5.0, 6.0]
         # the model can be tried again: a fresh worker takes it (and its deadline holds again)
         assert server.load("stuck", timeout=deadline + 60)[0] != 200
