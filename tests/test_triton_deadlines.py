@@ -45,7 +45,7 @@ from dfrepo.triton._protocol import HELLO, read_frame, write_frame
 AGENTS_MODULE = "dfrepo_deadline_agents"
 AGENTS_SOURCE = textwrap.dedent(
     '''
-    import json, os, signal, time, urllib.request
+    import json, os, signal, threading, time, urllib.request
     from dfrepo.triton import RepoAgent
 
     def _note(ctx):
@@ -88,6 +88,9 @@ AGENTS_SOURCE = textwrap.dedent(
         """Writes the worker's and its parent's open descriptors to parameters['out']."""
         name = "fds"
         def load(self, ctx):
+            for t in threading.enumerate():  # its /tmp scan holds a directory fd for a moment
+                if t.name == "dfrepo-stage-sweep":
+                    t.join(30)
             def fds(pid):
                 found = {}
                 for n in os.listdir("/proc/%d/fd" % pid):
@@ -267,7 +270,7 @@ def test_frozen_worker_is_killed_at_the_deadline(ft: Callable[..., FakeTriton], 
         r"result 0 err 4 dfrepo agent: LOAD of model 'frozen' did not finish within its deadline of "
         r"2 s \(set by the agent parameter dfrepo\.load_timeout\); the Python worker \(pid \d+\) was "
         r"stopped and a new one takes the next action", out), out
-    assert 2.0 <= dt < 3.5
+    assert 2.0 <= dt < 4.5  # includes starting the worker
     frozen = _pids(pidfile)[0][1]
     assert f"(pid {frozen})" in out
     assert not _alive(frozen) and f.cmd("children") == "children 0"  # killed and reaped
@@ -280,6 +283,8 @@ def test_frozen_worker_is_killed_at_the_deadline(ft: Callable[..., FakeTriton], 
 
 def test_worker_gives_up_first_with_its_own_message(ft: Callable[..., FakeTriton], pidfile: Path) -> None:
     f = ft()
+    f.model(7, "/models/warm")
+    assert f.cmd("action 7 LOAD") == "result 7 ok 0 /models/warm"  # the worker is up: dt is the action's
     f.model(0, "/models/sleepy", **{"dfrepo.agent": HANG, "pidfile": str(pidfile), "dfrepo.load_timeout": "3"})
     out, dt = f.timed("action 0 LOAD")
     print(f"\n[deadline] stuck action: the worker gave up after {dt:.2f} s (deadline 3 s, margin 1 s)")
@@ -305,6 +310,8 @@ def test_deadlines_from_the_environment(ft: Callable[..., FakeTriton], pidfile: 
     assert out.startswith("result 0 err 4 dfrepo agent: UNLOAD of model 'u' did not finish within its "
                           "deadline of 1.5 s (set by DFREPO_AGENT_ACTION_TIMEOUT); the Python worker"), out
     assert 1.5 <= dt < 3.0
+    f.model(2, "/models/warm")
+    assert f.cmd("action 2 LOAD") == "result 2 ok 0 /models/warm"  # a new worker, started
     f.model(1, "/models/l", **{"dfrepo.agent": HANG, "pidfile": str(pidfile)})
     out, dt = f.timed("action 1 LOAD")
     assert "LOAD of model 'l' did not finish within its deadline of 2.5 s (set by DFREPO_AGENT_LOAD_TIMEOUT)" \
@@ -357,7 +364,7 @@ def test_other_models_get_a_clear_error_when_the_worker_is_killed(ft: Callable[.
     # b's thread was frozen with the rest of the worker: it gets the reason, not "died"
     assert re.fullmatch(r"result 1 err 4 dfrepo agent: LOAD of model 'b' was interrupted and did not "
                         r"complete: LOAD of model 'a' did not finish within its deadline of 2 s", b), b
-    assert 2.0 <= float(elapsed.split()[1]) < 3.5
+    assert 2.0 <= float(elapsed.split()[1]) < 5
     assert f.cmd("children") == "children 0"
 
 
