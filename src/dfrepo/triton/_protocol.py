@@ -6,7 +6,9 @@ file descriptor attached (``SCM_RIGHTS``).  EOF on it means "exit now".
 
 Action channel (``AF_UNIX``/``SOCK_STREAM``, one per action): frames of a 4-byte
 big-endian length followed by one UTF-8 JSON object.  See ``agent_shim.c`` for the
-message shapes; :mod:`dfrepo.triton.worker` is the only reader on this side.
+message shapes; :mod:`dfrepo.triton.worker` is the only reader on this side.  Requests
+carry the action's ``deadline`` and a ``worker_deadline`` a margin before it; a worker
+still busy then answers with ``"retire": true`` and the shim replaces it.
 """
 
 from __future__ import annotations

@@ -5,18 +5,27 @@ and hands it one socket per repository-agent action; each action runs in its own
 so LOADs of different models proceed concurrently.  The worker exits when the control
 socket closes (agent ``Finalize`` or tritonserver gone).
 
+Deadlines: the shim sends each action's deadline and a ``worker_deadline`` a margin
+before it.  An action still running then is answered here with ``UNAVAILABLE`` and
+``"retire": true`` (its thread cannot be stopped from outside), its staging directory is
+removed, and the shim replaces this process once its other actions are answered.  If
+the process cannot even do that, the shim kills it at the deadline itself.
+
 Run by hand for debugging: ``python -m dfrepo.triton.worker <fd>``.
 """
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,6 +98,12 @@ class Dispatcher:
         self._lock = threading.Lock()
         self._models: dict[str, _ModelEntry] = {}
 
+    def agent_name(self, key: str, parameters: dict[str, Any]) -> str:
+        """The name messages use for the agent of model ``key``."""
+        with self._lock:
+            entry = self._models.get(key)
+        return entry.agent_name if entry is not None else str(parameters.get("dfrepo.agent") or "dragonfly")
+
     def active_models(self) -> int:
         with self._lock:
             return len(self._models)
@@ -104,8 +119,9 @@ class Dispatcher:
                 self._models[key] = entry
         return entry
 
-    def run(self, request: dict[str, Any], sock: socket.socket | None) -> dict[str, Any]:
+    def run(self, request: dict[str, Any], sock: socket.socket | _Channel | None) -> dict[str, Any]:
         """Run one action request; return the ``done`` frame (never raises)."""
+        channel = _Channel(sock) if isinstance(sock, socket.socket) else sock
         action = str(request.get("action", ""))
         key = str(request.get("model", ""))
         location = str(request.get("location", ""))
@@ -118,7 +134,7 @@ class Dispatcher:
             artifact_type="REMOTE_FILESYSTEM" if artifact == "REMOTE_FILESYSTEM" else "FILESYSTEM",
             parameters=parameters,
             model_config=config,
-            acquire=(lambda: _acquire(sock, ctx)) if sock is not None else None,
+            acquire=(lambda: _acquire(channel, ctx)) if channel is not None else None,
         )
         agent_name = parameters.get("dfrepo.agent") or "dragonfly"
         try:
@@ -149,12 +165,36 @@ class Dispatcher:
                     self._models.pop(key, None)
 
 
-def _acquire(sock: socket.socket | None, ctx: LoadContext) -> str:
-    assert sock is not None
-    write_frame(sock, {"op": "acquire"})
-    reply = read_frame(sock)
+class _Channel:
+    """One action socket, shared by the action's thread and its deadline.
+
+    Once the deadline has answered, the action's thread may no longer write (it would
+    garble the frames); an ``acquire`` it still attempts then fails.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.lock = threading.Lock()
+        self.abandoned = False
+        self.acquired: str | None = None
+
+    def send(self, obj: dict[str, Any]) -> None:
+        with self.lock:
+            if self.abandoned:
+                raise ProtocolError("the action passed its deadline and was abandoned")
+            write_frame(self.sock, obj)
+
+    def receive(self) -> dict[str, Any]:
+        return read_frame(self.sock)
+
+
+def _acquire(channel: _Channel | None, ctx: LoadContext) -> str:
+    assert channel is not None
+    channel.send({"op": "acquire"})
+    reply = channel.receive()
     if reply.get("ok") is True and reply.get("path"):
-        return str(reply["path"])
+        channel.acquired = str(reply["path"])
+        return channel.acquired
     raise RepoAgentError(
         f"Triton refused a local directory for model '{ctx.model_name}': "
         f"{reply.get('message') or 'no reason given'}",
@@ -162,13 +202,112 @@ def _acquire(sock: socket.socket | None, ctx: LoadContext) -> str:
     )
 
 
+def _seconds(value: Any) -> float | None:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return seconds if seconds > 0 else None
+
+
+def _model_name(request: dict[str, Any]) -> str:
+    config = request.get("config")
+    name = config.get("name") if isinstance(config, dict) else None
+    if not name:
+        location = str(request.get("location", "")).split("?", 1)[0].rstrip("/")
+        name = os.path.basename(location) or location
+    return str(name)
+
+
+# dfrepo.repo.pull stages next to its destination as ``.<dest>.dfrepo-stage-<pid>-<random>``;
+# Triton's acquired directories are ``mkdtemp("/tmp/folderXXXXXX")``.
+_STAGE = ".{name}.dfrepo-stage-{pid}-"
+_TRITON_TMP = "/tmp"
+
+
+def _remove_stages(acquired: str | None, pid: int) -> None:
+    """Remove the staging dirs this process made for ``acquired`` (an abandoned pull)."""
+    if not acquired:
+        return
+    parent, name = os.path.split(os.path.normpath(acquired))
+    prefix = _STAGE.format(name=name, pid=pid)
+    for stage in glob.glob(os.path.join(glob.escape(parent), glob.escape(prefix) + "*")):
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _remove_dead_stages(root: str = _TRITON_TMP) -> None:
+    """Remove stages of pulls into Triton's dirs whose process is gone (a worker killed at
+    its deadline cannot clean up after itself).  Live and foreign processes are left alone."""
+    for stage in glob.glob(os.path.join(root, ".folder*.dfrepo-stage-*")):
+        pid_text = os.path.basename(stage).split(".dfrepo-stage-", 1)[1].split("-", 1)[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            shutil.rmtree(stage, ignore_errors=True)
+        except OSError:
+            continue
+
+
+def _deadline_reply(dispatcher: Dispatcher, request: dict[str, Any], waited: float,
+                    channel: _Channel) -> dict[str, Any]:
+    """The answer for an action still running at its worker deadline."""
+    action = str(request.get("action", ""))
+    agent = dispatcher.agent_name(str(request.get("model", "")), request.get("parameters") or {})
+    deadline = _seconds(request.get("deadline"))
+    source = str(request.get("deadline_source") or "")
+    limit = f"{deadline:g} s" if deadline else f"{waited:g} s"
+    if source:
+        limit += f" ({source})"
+    _remove_stages(channel.acquired, os.getpid())
+    message = one_line(
+        f"dfrepo agent '{agent}': {action} of model '{_model_name(request)}' did not finish "
+        f"within its deadline of {limit}; gave up after {waited:.1f} s and the Python worker "
+        f"(pid {os.getpid()}) is replaced")
+    return {"op": "done", "ok": False, "code": "UNAVAILABLE", "message": message, "retire": True}
+
+
 def serve_channel(dispatcher: Dispatcher, sock: socket.socket) -> None:
-    """Serve one action channel: read the request, run it, send the ``done`` frame."""
+    """Serve one action channel: read the request, run it, send the ``done`` frame.
+
+    With a ``worker_deadline`` in the request the action runs in a thread of its own and
+    is answered (``UNAVAILABLE``, ``retire``) when it is still running by then.
+    """
+    channel = _Channel(sock)
     with sock:
         try:
             request = read_frame(sock)
-            reply = dispatcher.run(request, sock)
-            write_frame(sock, reply)
+            budget = _seconds(request.get("worker_deadline"))
+            if budget is None:
+                reply = dispatcher.run(request, channel)
+            else:
+                started = time.monotonic()
+                box: list[dict[str, Any]] = []
+
+                def run() -> None:
+                    try:
+                        box.append(dispatcher.run(request, channel))
+                    except BaseException as exc:  # SystemExit from an agent: this action fails
+                        box.append(error_reply(
+                            exc, agent=dispatcher.agent_name(str(request.get("model", "")),
+                                                             request.get("parameters") or {}),
+                            action=str(request.get("action", "")), model=_model_name(request),
+                            location=str(request.get("location", ""))))
+
+                runner = threading.Thread(target=run, name=f"{threading.current_thread().name}-run",
+                                          daemon=True)
+                runner.start()
+                runner.join(budget)
+                with channel.lock:
+                    if not box:  # still running: nothing it does may reach the shim any more
+                        channel.abandoned = True
+                if channel.abandoned:
+                    reply = _deadline_reply(dispatcher, request, time.monotonic() - started, channel)
+                else:
+                    reply = box[0]
+            with channel.lock:
+                write_frame(sock, reply)
         except (ProtocolError, OSError) as exc:
             # The shim went away mid-action (Triton shutting down): nothing to tell.
             print(f"[dfrepo-agent] worker: action channel broken: {exc}", file=sys.stderr, flush=True)
@@ -188,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     ctl = socket.socket(fileno=int(args[0]))
     dispatcher = Dispatcher()
     ctl.send(HELLO + str(os.getpid()).encode())
+    threading.Thread(target=_remove_dead_stages, name="dfrepo-stage-sweep", daemon=True).start()
     while True:
         try:
             msg, fds, _flags, _addr = socket.recv_fds(ctl, 16, 8)
