@@ -3,7 +3,7 @@
 Python decides here; the bytes are moved by :mod:`dfrepo._fastio` (compiled) or its twin
 :mod:`dfrepo._fastio_py`, picked by :mod:`~dfrepo.engine.picker`. Modules, top-down:
 
-* :mod:`~dfrepo.engine.downloader` — :class:`Downloader` and :func:`download`;
+* :mod:`~dfrepo.engine.downloader` — :class:`Downloader`; :mod:`~dfrepo.engine.single` — :func:`download`;
 * :mod:`~dfrepo.engine.plan` — how a file is cut into requests;
 * :mod:`~dfrepo.engine.exchange` — request headers and the checks on every answer;
 * :mod:`~dfrepo.engine.retry` — retry policy and error scrubbing;
@@ -19,7 +19,8 @@ Python decides here; the bytes are moved by :mod:`dfrepo._fastio` (compiled) or 
 
 from __future__ import annotations
 
-from .downloader import Downloader, download
+from .single import download
+from .downloader import Downloader
 from .jobs import DownloadRequest, DownloadResult, ProgressCallback
 from .settings import TransferConfig
 

@@ -18,7 +18,6 @@ from typing import Any, Callable, Union
 
 import urllib3
 
-
 WritableBuffer = Union[bytearray, mmap.mmap]
 """The byte mover's reused buffer: any writable, contiguous buffer of bytes."""
 
