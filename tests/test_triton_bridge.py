@@ -30,7 +30,7 @@ from dfrepo.triton import (
     LoadContext,
     install_agent,
 )
-from dfrepo.triton import dragonfly as dragonfly_mod
+from dfrepo.triton import dragonfly_agent as dragonfly_mod
 from dfrepo.triton._protocol import HELLO, read_frame, write_frame
 from dfrepo.triton.agent import resolve_agent_class
 from dfrepo.triton.install import RECORD_NAME, find_shim
@@ -170,10 +170,11 @@ def test_dragonfly_agent_pulls_remote(monkeypatch: pytest.MonkeyPatch, tmp_path:
 
 
 def test_pull_model_calls_repo_pull(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from dfrepo import repo
+    import importlib
 
+    pull_module = importlib.import_module("dfrepo.pull")  # the attribute dfrepo.pull is the function
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(repo, "pull", lambda location, **kw: seen.update(kw, location=location))
+    monkeypatch.setattr(pull_module, "pull", lambda location, **kw: seen.update(kw, location=location))
     monkeypatch.setenv("TRITON_CLOUD_CREDENTIAL_PATH", str(tmp_path / "cred.json"))
     monkeypatch.delenv("TRITON_DRAGONFLY_CONFIG_PATH", raising=False)
     monkeypatch.delenv("DFREPO_CACHE", raising=False)

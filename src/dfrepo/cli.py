@@ -247,7 +247,7 @@ def _http_dest(url: str, dest: str) -> Path:
 
 
 def _pull_http(args: argparse.Namespace, dragonfly: Any, transfer: Any, progress: Any) -> Any:
-    from .repo import PullResult, bytes_by_delivery
+    from .pull import PullResult, bytes_by_delivery
     from .engine import Downloader, DownloadRequest
 
     started = time.monotonic()
@@ -295,7 +295,7 @@ def summary_line(result: Any, proxy: str | None) -> str:
 
 def _cmd_pull(args: argparse.Namespace, out: _Out) -> int:
     from .cache import ModelCache
-    from .repo import pull
+    from .pull import pull
 
     dragonfly = _dragonfly_for(args)
     transfer = _transfer_for(args)

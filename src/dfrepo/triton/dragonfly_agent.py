@@ -64,14 +64,14 @@ def _overrides(parameters: Mapping[str, str]) -> dict[str, str]:
 
 
 def pull_model(location: str, dest: str, *, parameters: Mapping[str, str]) -> Any:
-    """Pull *location* into *dest* with :func:`dfrepo.repo.pull`, reading the agent's files.
+    """Pull *location* into *dest* with :func:`dfrepo.pull`, reading the agent's files.
 
-    The one place that calls into :mod:`dfrepo.repo` (kept apart so tests can swap it).
-    ``dfrepo.repo.pull`` reads ``dragonfly_config.json`` itself (same variable, same
+    The one place that calls into :mod:`dfrepo.pull` (kept apart so tests can swap it).
+    ``dfrepo.pull`` reads ``dragonfly_config.json`` itself (same variable, same
     default); checking the path here first turns an explicitly set but missing file into
     a clear error instead of silent defaults.
     """
-    from ..repo import pull  # lazy: keeps the worker's start-up import small
+    from ..pull import pull  # lazy: keeps the worker's start-up import small
 
     dragonfly_config_path()
     overrides = _overrides(parameters)
