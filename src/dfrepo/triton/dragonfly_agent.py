@@ -19,6 +19,12 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from ..environment import (
+    CREDENTIAL_PATH_ENV,
+    DEFAULT_CREDENTIAL_PATH,
+    DEFAULT_DRAGONFLY_CONFIG_PATH,
+    DRAGONFLY_CONFIG_PATH_ENV,
+)
 from ..errors import ConfigError
 from .agent import LoadContext, RepoAgent
 
@@ -30,10 +36,8 @@ __all__ = [
     "dragonfly_config_path",
 ]
 
-DEFAULT_DRAGONFLY_CONFIG_PATH = "/home/triton/dragonfly_config.json"
-DEFAULT_CREDENTIAL_PATH = "/home/triton/cloud_credential.json"
-_DRAGONFLY_ENV = "TRITON_DRAGONFLY_CONFIG_PATH"
-_CREDENTIAL_ENV = "TRITON_CLOUD_CREDENTIAL_PATH"
+_DRAGONFLY_ENV = DRAGONFLY_CONFIG_PATH_ENV
+_CREDENTIAL_ENV = CREDENTIAL_PATH_ENV
 
 
 def _config_file(env: str, default: str) -> str | None:
