@@ -92,7 +92,11 @@ def _opt_str(value: Any, where: str | None, key: str, loose: bool = False) -> st
 
 
 def parse_proxy(value: Any, where: str | None, key: str = "proxy", loose: bool = False) -> str | None:
-    """The proxy URL without a trailing slash; ``None``/``""`` = no proxy."""
+    """The proxy URL without a trailing slash; ``None``/``""`` = no proxy.
+
+    The one proxy rule (the engine trusts what passed it): ``http://host[:port]``, or
+    ``host:port`` as curl takes it; no TLS, no userinfo, no path or query.
+    """
     if value is None:
         return None
     if not isinstance(value, str):
@@ -110,8 +114,15 @@ def parse_proxy(value: Any, where: str | None, key: str = "proxy", loose: bool =
         parts.port  # noqa: B018 - validates the port
     except ValueError:
         raise setting_error(where, key, f"is not a valid URL ({redact_url(value)})") from None
-    if scheme not in ("http", "https") or not parts.hostname:
+    if scheme == "https":
+        raise setting_error(where, key, f"must be a plain http:// URL: dfdaemon's proxy speaks HTTP, "
+                                        f"not TLS ({redact_url(value)})")
+    if scheme != "http" or not parts.hostname:
         raise setting_error(where, key, f"must be an http:// URL with a host ({redact_url(value)})")
+    if parts.username is not None or parts.password is not None:
+        # Never echoed: redact_url drops the userinfo.
+        raise setting_error(where, key, f"must not carry user:password@ (dfrepo sends no proxy "
+                                        f"credentials; {redact_url(value)})")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise setting_error(where, key, f"must not have a path or query ({redact_url(value)})")
     return value.rstrip("/")

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping
 
 import urllib3
 
+from ..dragonfly.fields import parse_proxy
 from ..errors import DfrepoError
 from ..values import normalize_etag
 from . import exchange as ex
@@ -414,7 +415,8 @@ def download(
     :param implementation: force ``"cython"`` or ``"python"`` (tests, benchmarks).
     """
     cfg = config or TransferConfig()
-    transport = Transport(cfg, proxy=proxy, fallback_direct=False) if dragonfly is None and proxy else None
+    proxy = parse_proxy(proxy, None) if dragonfly is None else None  # the one proxy rule
+    transport = Transport(cfg, proxy=proxy, fallback_direct=False) if proxy else None
     req = DownloadRequest(url=url, dest=Path(dest), size=size, etag=etag, md5=md5, headers=dict(headers or {}))
     with Downloader(cfg, transport=transport, dragonfly=dragonfly, implementation=implementation) as dl:
         try:
