@@ -40,6 +40,7 @@ __all__ = [
     "MAX_CONFIG_BYTES",
     "OVERRIDE_KEYS",
     "PROXY_ENV_VARS",
+    "build_dragonfly_config",
     "default_config_path",
     "is_override_key",
     "load_dragonfly_config",
@@ -200,7 +201,19 @@ def load_dragonfly_config(
     :warns DfrepoWarning: unknown or duplicate keys in the file.
     """
     file_path = os.fspath(path) if path is not None else default_config_path(env)
-    values = _from_file(file_path, required)
+    return build_dragonfly_config(file_path, env=env, overrides=overrides, required=required)
+
+
+def build_dragonfly_config(
+    file_path: str | None,
+    *,
+    env: Mapping[str, str] = os.environ,
+    overrides: Mapping[str, object] | None = None,
+    required: bool = False,
+) -> DragonflyConfig:
+    """:func:`load_dragonfly_config` from *file_path* exactly (None = no file: the
+    defaults, the environment's proxy and *overrides*)."""
+    values = _from_file(file_path, required) if file_path is not None else {}
     for var in PROXY_ENV_VARS:
         if env.get(var, "").strip():
             values["proxy"] = parse_proxy(env[var], f"${var}", "proxy")
