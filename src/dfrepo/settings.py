@@ -6,7 +6,7 @@ was given into typed groups and calls :func:`resolve` once:
 
 * the Python API, :func:`dfrepo.pull` (keyword arguments; ``overrides=`` in the Triton
   parameter form, routed by :mod:`dfrepo.triton.parameters`);
-* the CLI, ``dfrepo pull`` (:mod:`dfrepo.cli.transfer`);
+* the CLI, ``dfrepo pull`` (:mod:`dfrepo.cli.pull_commands`);
 * the Triton agent, :func:`dfrepo.triton.parameters.settings_for_model` (a model's agent
   parameters, and the agent's rules for its two files: ``triton_defaults=True``).
 
