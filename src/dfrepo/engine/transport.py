@@ -87,6 +87,7 @@ class Transport:
         if self.proxy:
             # Checked once, where settings are made (dfrepo.dragonfly.fields.parse_proxy).
             parsed = urllib3.util.parse_url(self.proxy)
+            assert parsed.host, "an unchecked proxy reached the transport"
             self._proxied = urllib3.HTTPConnectionPool(
                 parsed.host, parsed.port or 80, maxsize=size, block=False, timeout=timeout, retries=False)
         self._lock = threading.Lock()
