@@ -30,7 +30,7 @@ import pytest
 
 from dfrepo.engine.settings import TransferConfig
 from dfrepo.dragonfly import DragonflyConfig
-from dfrepo.repo import pull
+from dfrepo.pull import pull
 
 pytestmark = [pytest.mark.smoke, pytest.mark.servers, pytest.mark.dragonfly]
 

@@ -362,7 +362,7 @@ def test_second_pull_is_served_from_cache(seaweedfs, s3env, tmp_path: Path) -> N
     from dfpeer import StandinPeer
 
     from dfrepo.dragonfly import DragonflyConfig
-    from dfrepo.repo import pull
+    from dfrepo.pull import pull
 
     files = make_model(tmp_path / "src", weights=3 * 1024 * 1024)
     upload(seaweedfs, "pull-cache", "repo/m", tmp_path / "src")
@@ -387,7 +387,7 @@ def test_second_pull_is_served_from_cache(seaweedfs, s3env, tmp_path: Path) -> N
 
 @pytest.mark.servers
 def test_overwritten_object_is_fetched_again(seaweedfs, s3env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from dfrepo.repo import pull
+    from dfrepo.pull import pull
 
     make_model(tmp_path / "src", weights=200_000, seed=1)
     upload(seaweedfs, "pull-cache-stale", "repo/m", tmp_path / "src")
@@ -407,7 +407,7 @@ def test_overwritten_object_is_fetched_again(seaweedfs, s3env, tmp_path: Path) -
 
 @pytest.mark.servers
 def test_corrupt_entry_is_downloaded_again(seaweedfs, s3env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from dfrepo.repo import pull
+    from dfrepo.pull import pull
 
     files = make_model(tmp_path / "src", weights=300_000)
     upload(seaweedfs, "pull-cache-bad", "repo/m", tmp_path / "src")

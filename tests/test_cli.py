@@ -17,7 +17,7 @@ import pytest
 from faultservers import RangeServer
 
 from dfrepo.cli import exit_code_for, main, scrub, summary_line
-from dfrepo.repo import PullResult
+from dfrepo.pull import PullResult
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 MiB = 1024 * 1024

@@ -133,6 +133,9 @@ def test_duplicate_key_warns(write):
         ({"proxy": "socks5://127.0.0.1:1080"}, "proxy"),
         ({"proxy": "http://127.0.0.1:4001/path"}, "proxy"),
         ({"proxy": "http://127.0.0.1:notaport"}, "proxy"),
+        ({"proxy": "https://127.0.0.1:4001"}, "proxy"),
+        ({"proxy": "http://user:pw@127.0.0.1:4001"}, "proxy"),
+        ({"proxy": "user@127.0.0.1:4001"}, "proxy"),
         ({"header": ["X-A: b"]}, "header"),
         ({"header": {"X-A": 1}}, "header.X-A"),
         ({"header": {"Bad Name": "v"}}, "header.Bad Name"),
@@ -172,12 +175,15 @@ def test_secrets_never_in_messages_or_repr(write):
     with pytest.raises(ConfigError) as info:
         load_dragonfly_config(write({"header": {"Authorization": "Bearer tok\n"}}), env=NO_ENV)
     assert "tok" not in str(info.value)
+    # A proxy with user:password@ is refused (dfrepo sends no proxy credentials)...
+    with pytest.raises(ConfigError) as info:
+        load_dragonfly_config(write({"proxy": "http://user:hunter2@127.0.0.1:4001"}), env=NO_ENV)
+    assert "hunter2" not in str(info.value) and "user:password" in str(info.value)
     cfg = load_dragonfly_config(
-        write({"proxy": "http://user:hunter2@127.0.0.1:4001", "header": {"Authorization": "Basic c2VjcmV0"}}),
+        write({"proxy": "http://127.0.0.1:4001", "header": {"Authorization": "Basic c2VjcmV0"}}),
         env=NO_ENV,
     )
-    assert cfg.proxy == "http://user:hunter2@127.0.0.1:4001"  # usable...
-    assert "hunter2" not in repr(cfg) and "c2VjcmV0" not in repr(cfg)  # ...but never shown
+    assert "c2VjcmV0" not in repr(cfg)  # ...and a credential header is usable but never shown
     assert "Authorization" in repr(cfg)
 
 

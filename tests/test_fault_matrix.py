@@ -34,7 +34,7 @@ from dfrepo import errors
 from dfrepo.engine.settings import MiB, TransferConfig
 from dfrepo.dragonfly import DragonflyConfig
 from dfrepo.objects import RemoteObject
-from dfrepo.repo import pull
+from dfrepo.pull import pull
 from dfrepo.engine import DownloadRequest, Downloader, download
 from faultservers.fault_proxy import close_pair
 from faultservers import FaultProxy, Knobs
@@ -691,7 +691,7 @@ import json, sys
 from dfrepo.engine.settings import TransferConfig
 from dfrepo.dragonfly import DragonflyConfig
 from dfrepo.objects import RemoteObject
-from dfrepo.repo import pull
+from dfrepo.pull import pull
 with open(sys.argv[1]) as fh:
     a = json.load(fh)
 objs = [RemoteObject(**o) for o in a["objects"]]

@@ -42,7 +42,7 @@ from dfrepo.locations import (
     safe_join,
     safe_relpath,
 )
-from dfrepo.repo import pull
+from dfrepo.pull import pull
 from dfrepo.engine.plan import MIN_DIRECT_RANGE, SMALL_TO_SOURCE, MiB, auto_piece_length, plan_spans
 
 FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -24,7 +24,7 @@ def test_all_names_exist() -> None:
 
 def test_import_loads_no_cloud_sdk_and_is_fast() -> None:
     code = (
-        "import sys, time; t=time.perf_counter(); import dfrepo, dfrepo.repo, dfrepo.dragonfly; "
+        "import sys, time; t=time.perf_counter(); import dfrepo, dfrepo.pull, dfrepo.dragonfly; "
         "dt=time.perf_counter()-t; "
         "bad=[m for m in sys.modules if m.split('.')[0] in ('boto3','botocore','google','azure')]; "
         "print(dt, bad)"

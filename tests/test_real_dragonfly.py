@@ -25,7 +25,7 @@ from dfrepo import errors
 from dfrepo.engine.settings import TransferConfig
 from dfrepo.dragonfly import DragonflyConfig
 from dfrepo.engine.plan import SMALL_TO_SOURCE
-from dfrepo.repo import pull
+from dfrepo.pull import pull
 
 pytestmark = [pytest.mark.servers, pytest.mark.dragonfly]
 

@@ -21,7 +21,7 @@ from modelfiles import tree, upload
 from dfrepo import errors
 from dfrepo.engine.settings import TransferConfig
 from dfrepo.dragonfly import DragonflyConfig
-from dfrepo.repo import pull
+from dfrepo.pull import pull
 
 pytestmark = [pytest.mark.servers, pytest.mark.dragonfly]
 

@@ -1,4 +1,4 @@
-"""dfrepo.repo.pull against real S3 servers, through the stand-in Dragonfly peer."""
+"""dfrepo.pull against real S3 servers, through the stand-in Dragonfly peer."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from modelfiles import make_model, tree, upload
 from dfrepo import errors
 from dfrepo.engine.settings import TransferConfig
 from dfrepo.dragonfly import DragonflyConfig
-from dfrepo.repo import pull
+from dfrepo.pull import pull
 
 pytestmark = pytest.mark.servers
 
@@ -137,7 +137,7 @@ def test_unknown_override_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_overrides_apply_on_top_of_a_given_config(tmp_path: Path) -> None:
-    from dfrepo.repo import split_overrides
+    from dfrepo.triton.parameters import split_overrides
 
     df, tr, pl = split_overrides({"proxy": "http://127.0.0.1:1", "concurrency": "2", "cache": "off"})
     assert df == {"proxy": "http://127.0.0.1:1"} and tr == {"concurrency": "2"} and pl == {"cache": "off"}

@@ -25,7 +25,7 @@ from dfrepo import errors
 from dfrepo.engine.settings import TransferConfig
 from dfrepo.dragonfly import DragonflyConfig
 from dfrepo.objects import RemoteObject
-from dfrepo.repo import pull
+from dfrepo.pull import pull
 from dfrepo.engine import download
 from secrets_guard import PATTERNS, extra_secrets, scan
 

@@ -103,15 +103,14 @@ def test_unload_reload_does_not_leak_workers(triton_server: Any, repoagents: Pat
 
 
 def _have_pull() -> bool:
-    if importlib.util.find_spec("dfrepo.repo") is None:
+    if importlib.util.find_spec("dfrepo.pull") is None:
         return False
-    from dfrepo import repo
-
-    return hasattr(repo, "pull")
+    # ``dfrepo.pull`` the attribute is the function; the module is in sys.modules.
+    return hasattr(importlib.import_module("dfrepo.pull"), "pull")
 
 
 @pytest.mark.servers
-@pytest.mark.skipif(not _have_pull(), reason="dfrepo.repo.pull is not there yet")
+@pytest.mark.skipif(not _have_pull(), reason="dfrepo.pull is not there yet")
 def test_dragonfly_agent_pulls_s3_model(triton_server: Any, seaweedfs: Any, repoagents: Path,
                                         tmp_path: Path) -> None:
     from servers.upload import upload_tree_s3

@@ -30,7 +30,7 @@ from dfrepo.triton import (
     LoadContext,
     install_agent,
 )
-from dfrepo.triton import dragonfly as dragonfly_mod
+from dfrepo.triton import dragonfly_agent as dragonfly_mod
 from dfrepo.triton._protocol import HELLO, read_frame, write_frame
 from dfrepo.triton.agent import resolve_agent_class
 from dfrepo.triton.install import RECORD_NAME, find_shim
@@ -170,38 +170,51 @@ def test_dragonfly_agent_pulls_remote(monkeypatch: pytest.MonkeyPatch, tmp_path:
 
 
 def test_pull_model_calls_repo_pull(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from dfrepo import repo
+    import importlib
 
+    from dfrepo.cache import ModelCache
+    from dfrepo.locations import S3Location
+
+    pull_module = importlib.import_module("dfrepo.pull")  # the attribute dfrepo.pull is the function
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(repo, "pull", lambda location, **kw: seen.update(kw, location=location))
+    monkeypatch.setattr(pull_module, "pull_with", lambda settings, dest: seen.update(settings=settings, dest=dest))
     monkeypatch.setenv("TRITON_CLOUD_CREDENTIAL_PATH", str(tmp_path / "cred.json"))
+    monkeypatch.setenv("DFREPO_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("TRITON_DRAGONFLY_CONFIG_PATH", raising=False)
     monkeypatch.delenv("DFREPO_CACHE", raising=False)
+    for var in ("DFREPO_PROXY", "DRAGONFLY_PROXY"):
+        monkeypatch.delenv(var, raising=False)
     (tmp_path / "cred.json").write_text("{}")
     dragonfly_mod.pull_model("s3://b/m", str(tmp_path), parameters={
         AGENT_PARAMETER: "dragonfly", "proxy": "http://127.0.0.1:4001", "concurrency": "4"})
-    assert seen == {"location": "s3://b/m", "dest": str(tmp_path), "credential_path": str(tmp_path / "cred.json"),
-                    "overrides": {"proxy": "http://127.0.0.1:4001", "concurrency": "4", "cache": "on"}}
+    settings = seen["settings"]
+    assert seen["dest"] == str(tmp_path)
+    assert isinstance(settings.location, S3Location) and settings.location.display == "s3://b/m"
+    assert settings.credential_path == str(tmp_path / "cred.json")
+    assert settings.dragonfly.proxy == "http://127.0.0.1:4001" and settings.transfer.concurrency == 4
+    assert isinstance(settings.cache, ModelCache)  # cache "on"
     # The persistent cache can be switched off per model or for the whole server.
     dragonfly_mod.pull_model("s3://b/m", str(tmp_path), parameters={"cache": "off"})
-    assert seen["overrides"] == {"cache": "off"}
+    assert seen["settings"].cache is None
     monkeypatch.setenv("DFREPO_CACHE", "off")
     dragonfly_mod.pull_model("s3://b/m", str(tmp_path), parameters={})
-    assert seen["overrides"] == {"cache": "off"}
+    assert seen["settings"].cache is None
 
 
 def test_config_paths(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from dfrepo import settings
+
     monkeypatch.delenv("TRITON_CLOUD_CREDENTIAL_PATH", raising=False)
-    monkeypatch.setattr(dragonfly_mod, "DEFAULT_CREDENTIAL_PATH", str(tmp_path / "absent.json"))
-    assert dragonfly_mod.credential_path() is None  # default missing: env/SDK chains
+    monkeypatch.setattr(settings, "DEFAULT_CREDENTIAL_PATH", str(tmp_path / "absent.json"))
+    assert settings.credential_file(triton_defaults=True) is None  # default missing: env/SDK chains
     monkeypatch.setenv("TRITON_CLOUD_CREDENTIAL_PATH", str(tmp_path / "gone.json"))
     with pytest.raises(ConfigError, match="TRITON_CLOUD_CREDENTIAL_PATH"):
-        dragonfly_mod.credential_path()  # set explicitly: must exist
+        settings.credential_file(triton_defaults=True)  # set explicitly: must exist
     (tmp_path / "c.json").write_text("{}")
     monkeypatch.setenv("TRITON_CLOUD_CREDENTIAL_PATH", str(tmp_path / "c.json"))
-    assert dragonfly_mod.credential_path() == str(tmp_path / "c.json")
+    assert settings.credential_file(triton_defaults=True) == str(tmp_path / "c.json")
     monkeypatch.setenv("TRITON_DRAGONFLY_CONFIG_PATH", str(tmp_path / "c.json"))
-    assert dragonfly_mod.dragonfly_config_path() == str(tmp_path / "c.json")
+    assert settings.dragonfly_config_file(triton_defaults=True) == str(tmp_path / "c.json")
 
 
 def test_install_agent_layout(tmp_path: Path) -> None:

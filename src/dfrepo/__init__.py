@@ -33,7 +33,7 @@ from .errors import (
     UnsafePathError,
 )
 from .objects import RemoteObject
-from .repo import PullResult, pull
+from .pull import PullResult, pull
 
 logging.getLogger("dfrepo").addHandler(logging.NullHandler())
 

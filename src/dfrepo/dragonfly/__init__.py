@@ -1,6 +1,8 @@
 """Client side of the Dragonfly peer (dfdaemon) HTTP proxy protocol.
 
-* :mod:`.config`: :class:`DragonflyConfig`, ``dragonfly_config.json`` loading.
+* :mod:`.config`: :class:`DragonflyConfig` (frozen, validated on construction).
+* :mod:`.fields`: the parser of each setting's value (the one proxy rule: plain http).
+* :mod:`.loading`: ``dragonfly_config.json``, the environment and overrides.
 * :mod:`.headers`: request headers (filter in both dialects, Use-P2P, Tag with version).
 * :mod:`.taskid`: task IDs exactly as dfdaemon computes them (canonicalizations A and B).
 * :mod:`.errors_map`: ``X-Dragonfly-Error-Type`` -> :class:`~dfrepo.errors.HTTPStatusError`.
@@ -10,19 +12,18 @@ Stdlib only; nothing here opens a connection.
 
 from __future__ import annotations
 
-from .config import (
+from .config import DEFAULT_PROXY, DragonflyConfig
+from .errors_map import ERROR_TYPE_HEADER, classify_response, note_direct_fallback
+from .loading import (
     CONFIG_PATH_ENV,
     DEFAULT_CONFIG_PATH,
-    DEFAULT_PROXY,
     OVERRIDE_KEYS,
     PROXY_ENV_VARS,
-    DragonflyConfig,
     default_config_path,
     is_override_key,
     load_dragonfly_config,
     with_overrides,
 )
-from .errors_map import ERROR_TYPE_HEADER, classify_response, note_direct_fallback
 from .headers import (
     AZURE_SAS_QUERY_PARAMS,
     canonical_request_url,

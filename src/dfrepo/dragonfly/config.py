@@ -1,29 +1,16 @@
-"""Dragonfly client settings: :class:`DragonflyConfig` and ``dragonfly_config.json``.
+"""Dragonfly client settings: the frozen, validated :class:`DragonflyConfig`.
 
-The file is compatible with the existing Triton Dragonfly repository agent
-(``dragonflyoss/dragonfly-repository-agent``)::
-
-    {"proxy": "http://127.0.0.1:4001",
-     "header": {"X-Custom": "v"},
-     "filter": ["X-Amz-Algorithm", "X-Amz-Credential&X-Amz-Date"]}
-
-plus dfrepo's own keys (``tag``, ``application``, ``priority``, ``piece_length``,
-``use_p2p``, ``fallback_direct``, ``version_in_task_id``, ``filter_dialects``).  Every key
-is optional.  Unknown keys give a :class:`~dfrepo.errors.DfrepoWarning`; malformed JSON and
-wrong types give a :class:`~dfrepo.errors.ConfigError` naming the file and key.
-
-Where the file is: the ``path`` argument, else ``$TRITON_DRAGONFLY_CONFIG_PATH``, else
-``/home/triton/dragonfly_config.json`` (the agent's defaults).  A missing file means the
-defaults below (unless ``required=True``).
-
-Precedence, lowest to highest: defaults < file < environment (proxy only) < overrides.
+Where the values come from (``dragonfly_config.json``, ``$DFREPO_PROXY``, Triton agent
+parameters, CLI flags) is :mod:`dfrepo.dragonfly.loading`; how each value is checked is
+:mod:`dfrepo.dragonfly.fields`.
 
 Defaults and why:
 
 * ``proxy = None`` (download directly).  A library must not assume a dfdaemon listens on
   this host; set it in the file, in ``$DFREPO_PROXY`` or ``$DRAGONFLY_PROXY`` (first
   non-empty wins, and beats the file), or as an override.  ``""`` as an override means
-  "direct" explicitly.  :data:`DEFAULT_PROXY` is the usual local address.
+  "direct" explicitly.  :data:`DEFAULT_PROXY` is the usual local address.  Only a plain
+  ``http://host:port`` is accepted (see :func:`~dfrepo.dragonfly.fields.parse_proxy`).
 * ``use_p2p = True``: send ``X-Dragonfly-Use-P2P: true`` so GETs go P2P without an
   operator ``proxy.rules[]`` entry.
 * ``fallback_direct = True``: an unreachable proxy means a direct download (logged once).
@@ -37,87 +24,34 @@ Defaults and why:
 
 from __future__ import annotations
 
-import os
-import re
-import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
-from ..errors import ConfigError, DfrepoWarning, redact_url
-from .taskid import parse_byte_size
+from ..errors import redact_url
+from .fields import (
+    FILTER_DIALECTS,
+    MAX_PIECE_LENGTH,
+    MIN_PIECE_LENGTH,
+    PARSERS,
+    TRANSPORTS,
+    parse_headers,
+    setting_error,
+)
 
 __all__ = [
-    "CONFIG_PATH_ENV",
-    "DEFAULT_CONFIG_PATH",
     "DEFAULT_PROXY",
     "FILTER_DIALECTS",
     "MAX_PIECE_LENGTH",
     "MIN_PIECE_LENGTH",
-    "OVERRIDE_KEYS",
-    "PROXY_ENV_VARS",
+    "TRANSPORTS",
     "DragonflyConfig",
-    "default_config_path",
-    "is_override_key",
-    "load_dragonfly_config",
 ]
 
-CONFIG_PATH_ENV = "TRITON_DRAGONFLY_CONFIG_PATH"
-DEFAULT_CONFIG_PATH = "/home/triton/dragonfly_config.json"
-#: Environment variables that give the proxy, first non-empty wins.
-PROXY_ENV_VARS = ("DFREPO_PROXY", "DRAGONFLY_PROXY")
 #: dfdaemon's default proxy address (not used unless configured).
 DEFAULT_PROXY = "http://127.0.0.1:4001"
-#: ``"rust"`` = ``X-Dragonfly-Filtered-Query-Params`` (comma), ``"go"`` = ``X-Dragonfly-Filter`` (``&``).
-FILTER_DIALECTS = ("rust", "go")
-MIN_PIECE_LENGTH = 4 * 1024 * 1024
-MAX_PIECE_LENGTH = 64 * 1024 * 1024
-#: A dragonfly_config.json larger than this is refused (real ones are < 1 KiB; a huge
-#: file would otherwise end up as megabyte-sized request headers).
-MAX_CONFIG_BYTES = 1024 * 1024
 
-_FILE_KEYS = (
-    "proxy",
-    "header",
-    "filter",
-    "tag",
-    "application",
-    "priority",
-    "piece_length",
-    "use_p2p",
-    "fallback_direct",
-    "version_in_task_id",
-    "filter_dialects",
-    "peer_ranges",
-    "transport",
-    "socket",
-)
-#: Override keys (besides ``header.<Name>``); ``fallback`` is short for ``fallback_direct``.
-OVERRIDE_KEYS = frozenset(_FILE_KEYS) - {"header"} | {"fallback", "headers"}
-
-# Headers dfrepo's engine owns, or that are per object: never settable in the config.
-_FORBIDDEN_HEADERS = frozenset(
-    h.lower()
-    for h in (
-        "Accept-Encoding",
-        "Host",
-        "Range",
-        "If-Range",
-        "If-Match",
-        "If-None-Match",
-        "Content-Length",
-        "Transfer-Encoding",
-        "Connection",
-        "Keep-Alive",
-        "Proxy-Connection",
-        "TE",
-        "Upgrade",
-        # One value for every object would collapse all files into ONE task.
-        "X-Dragonfly-Content-For-Calculating-Task-ID",
-        "X-Dragonfly-Output-Path",
-    )
-)
 # Header spellings of typed fields: moved into the field so version folding still applies.
 _HOISTED = {
     "x-dragonfly-tag": "tag",
@@ -126,200 +60,6 @@ _HOISTED = {
     "x-dragonfly-piece-length": "piece_length",
     "x-dragonfly-use-p2p": "use_p2p",
 }
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
-
-
-def default_config_path(env: Mapping[str, str] = os.environ) -> str:
-    """``$TRITON_DRAGONFLY_CONFIG_PATH`` if set and non-empty, else :data:`DEFAULT_CONFIG_PATH`."""
-    return env.get(CONFIG_PATH_ENV) or DEFAULT_CONFIG_PATH
-
-
-def is_override_key(key: str) -> bool:
-    """True if *key* is a :func:`load_dragonfly_config` override (to split Triton parameters)."""
-    return key in OVERRIDE_KEYS or key.startswith("header.")
-
-
-# --------------------------------------------------------------------------- value parsers
-# Each takes (value, where, key, loose): *where* is the source for messages, *loose* allows
-# strings for typed values (Triton parameters and CLI flags are always strings).
-
-
-def _err(where: str | None, key: str, what: str) -> ConfigError:
-    prefix = f"{where}: " if where else ""
-    return ConfigError(f"{prefix}Dragonfly setting {key!r} {what}", source=where, key=key)
-
-
-def _type_name(value: object) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def _opt_str(value: Any, where: str | None, key: str, loose: bool = False) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise _err(where, key, f"must be a string, not {_type_name(value)}")
-    value = value.strip()
-    if _BAD_VALUE.search(value):
-        raise _err(where, key, "contains control characters")
-    return value or None
-
-
-def _proxy(value: Any, where: str | None, key: str = "proxy", loose: bool = False) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise _err(where, key, f"must be a string URL, not {_type_name(value)}")
-    value = value.strip()
-    if not value:
-        return None
-    if "://" not in value:
-        value = "http://" + value  # curl (the existing agent) accepts host:port
-    scheme = value.split("://", 1)[0].lower()
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - validates the port
-    except ValueError:
-        raise _err(where, key, f"is not a valid URL ({redact_url(value)})") from None
-    if scheme not in ("http", "https") or not parts.hostname:
-        raise _err(where, key, f"must be an http:// URL with a host ({redact_url(value)})")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise _err(where, key, f"must not have a path or query ({redact_url(value)})")
-    return value.rstrip("/")
-
-
-def _bool(value: Any, where: str | None, key: str, loose: bool = False) -> bool:
-    if isinstance(value, bool):
-        return value
-    if loose and isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
-    raise _err(where, key, f"must be a boolean, not {_type_name(value)}")
-
-
-def _priority(value: Any, where: str | None, key: str = "priority", loose: bool = False) -> int | None:
-    if value is None or (loose and isinstance(value, str) and not value.strip()):
-        return None
-    if loose and isinstance(value, str) and re.fullmatch(r"\s*[0-9]+\s*", value):
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _err(where, key, f"must be an integer 0-6, not {_type_name(value)}")
-    if not 0 <= value <= 6:
-        raise _err(where, key, f"must be between 0 and 6, got {value}")
-    return value
-
-
-def _piece_length(value: Any, where: str | None, key: str = "piece_length", loose: bool = False) -> int | None:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    if isinstance(value, str):  # "8MiB", "4194304": dfdaemon's own syntax, fine in the file
-        parsed = parse_byte_size(value)
-        if parsed is None:
-            raise _err(where, key, "is not a size (use bytes or e.g. '8MiB')")
-        value = parsed
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _err(where, key, f"must be an integer number of bytes, not {_type_name(value)}")
-    if not MIN_PIECE_LENGTH <= value <= MAX_PIECE_LENGTH:
-        raise _err(where, key, f"must be between 4 MiB and 64 MiB, got {value} bytes")
-    return value
-
-
-TRANSPORTS = ("proxy", "grpc", "auto")
-
-
-def _transport(value: Any, where: str | None, key: str = "transport", loose: bool = False) -> str:
-    if not isinstance(value, str) or value.strip().lower() not in TRANSPORTS:
-        raise _err(where, key, f"must be one of {', '.join(TRANSPORTS)}, not {value!r}"[:200])
-    return value.strip().lower()
-
-
-def _socket(value: Any, where: str | None, key: str = "socket", loose: bool = False) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise _err(where, key, "must be the path of dfdaemon's unix socket")
-    value = value.strip()
-    if _BAD_VALUE.search(value) or not value.startswith("/"):
-        raise _err(where, key, "must be an absolute path without control characters")
-    if len(value.encode()) > 107:
-        raise _err(where, key, "is longer than a unix socket path may be (107 bytes)")
-    return value
-
-
-def _split_names(items: Iterable[str]) -> tuple[str, ...]:
-    out: dict[str, None] = {}
-    for item in items:
-        for name in re.split(r"[&,]", item):
-            name = name.strip()
-            if name:
-                out[name] = None
-    return tuple(out)
-
-
-def _filter(value: Any, where: str | None, key: str = "filter", loose: bool = False) -> tuple[str, ...] | None:
-    """A list of names (entries may be ``&``-joined, as the agent's docs show) or one string."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return _split_names([value])
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return _split_names(value)
-    raise _err(where, key, "must be a list of query parameter names")
-
-
-def _dialects(value: Any, where: str | None, key: str = "filter_dialects", loose: bool = False) -> tuple[str, ...]:
-    names = _filter(value, where, key)
-    if names is None:
-        raise _err(where, key, "must be a list drawn from 'rust', 'go'")
-    bad = [n for n in names if n.lower() not in FILTER_DIALECTS]
-    if bad:
-        raise _err(where, key, f"has unknown dialect(s) {bad} (use 'rust', 'go')")
-    return tuple(n.lower() for n in names)
-
-
-def _headers(value: Any, where: str | None, key: str = "header", loose: bool = False) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise _err(where, key, f"must be an object of header names to strings, not {_type_name(value)}")
-    out: dict[str, str] = {}
-    for name, val in value.items():
-        _check_header(name, val, where, f"{key}.{name}")
-        out[name] = val.strip()
-    return out
-
-
-def _check_header(name: Any, value: Any, where: str | None, key: str) -> None:
-    # Never echo a header value: it may be a credential.
-    if not isinstance(name, str) or not _TOKEN.fullmatch(name):
-        raise _err(where, key, "is not a valid header name")
-    if not isinstance(value, str):
-        raise _err(where, key, f"must be a string, not {_type_name(value)}")
-    if _BAD_VALUE.search(value):
-        raise _err(where, key, "contains control characters (CR/LF are not allowed)")
-    if name.lower() in _FORBIDDEN_HEADERS:
-        raise _err(where, key, "cannot be set: dfrepo sets it per request (or it would merge every object into one task)")
-
-
-_PARSERS = {
-    "proxy": _proxy,
-    "filter": _filter,
-    "tag": _opt_str,
-    "application": _opt_str,
-    "priority": _priority,
-    "piece_length": _piece_length,
-    "use_p2p": _bool,
-    "fallback_direct": _bool,
-    "version_in_task_id": _bool,
-    "filter_dialects": _dialects,
-    "peer_ranges": _bool,
-    "transport": _transport,
-    "socket": _socket,
-}
-
-
-# --------------------------------------------------------------------------- the config
 
 
 @dataclass(frozen=True)
@@ -372,7 +112,7 @@ class DragonflyConfig:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        headers = dict(_headers(self.headers, None, "headers"))
+        headers = dict(parse_headers(self.headers, None, "headers"))
         for name in list(headers):
             target = _HOISTED.get(name.lower())
             if target is None:
@@ -382,10 +122,10 @@ class DragonflyConfig:
                 set_(self, "use_p2p", raw.lower() == "true")
                 continue
             if getattr(self, target) is not None:
-                raise _err(None, f"headers.{name}", f"conflicts with the {target!r} setting; give only one")
+                raise setting_error(None, f"headers.{name}", f"conflicts with the {target!r} setting; give only one")
             set_(self, target, raw)  # validated just below
         set_(self, "headers", MappingProxyType(headers))
-        for key, parse in _PARSERS.items():
+        for key, parse in PARSERS.items():
             set_(self, key, parse(getattr(self, key), None, key, True))
 
     @property
@@ -411,134 +151,4 @@ class DragonflyConfig:
 
 
 def _rebuild_config(values: dict[str, Any]) -> DragonflyConfig:
-    return DragonflyConfig(**values)
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def _read_json(path: str) -> Any:
-    import json
-
-    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        seen: dict[str, Any] = {}
-        for k, v in pairs:
-            if k in seen:
-                warnings.warn(f"{path}: key {k!r} appears twice; the last one wins", DfrepoWarning, stacklevel=4)
-            seen[k] = v
-        return seen
-
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_CONFIG_BYTES + 1)
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a Dragonfly config file", source=path) from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read Dragonfly config ({exc.strerror})", source=path) from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path}: Dragonfly config is larger than {MAX_CONFIG_BYTES} bytes", source=path)
-    try:
-        return json.loads(data.decode("utf-8-sig"), object_pairs_hook=pairs_hook)
-    except RecursionError:
-        raise ConfigError(f"{path}: Dragonfly config is nested too deeply", source=path) from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: Dragonfly config is not UTF-8", source=path) from None
-    except json.JSONDecodeError as exc:
-        hint = ""
-        if "trailing comma" in exc.msg or exc.msg.startswith(("Expecting property name", "Expecting value")):
-            hint = " (a trailing comma or a comment? JSON allows neither)"
-        raise ConfigError(
-            f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}{hint}", source=path
-        ) from None
-    except ValueError:  # e.g. an integer literal longer than sys.get_int_max_str_digits()
-        raise ConfigError(f"{path}: invalid JSON (a number too large to convert)", source=path) from None
-
-
-def _from_file(path: str, required: bool) -> dict[str, Any]:
-    if not os.path.exists(path):
-        if required:
-            raise ConfigError(f"{path}: Dragonfly config file not found", source=path)
-        return {}
-    doc = _read_json(path)
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{path}: Dragonfly config must be a JSON object, not {_type_name(doc)}", source=path)
-    out: dict[str, Any] = {}
-    for key, value in doc.items():
-        if key == "header":
-            out["headers"] = _headers(value, path, "header")
-        elif key in _PARSERS:
-            out[key] = _PARSERS[key](value, path, key, False)
-        else:
-            import difflib
-
-            close = difflib.get_close_matches(key, _FILE_KEYS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            warnings.warn(f"{path}: unknown Dragonfly config key {key!r} ignored{hint}", DfrepoWarning, stacklevel=3)
-    return out
-
-
-def _apply_overrides(values: dict[str, Any], overrides: Mapping[str, object]) -> None:
-    where = "overrides"
-    headers = dict(values.get("headers", {}))
-    for key, value in overrides.items():
-        if not isinstance(key, str) or not is_override_key(key):
-            raise ConfigError(f"unknown Dragonfly override {key!r}", source=where, key=str(key))
-        if key.startswith("header."):
-            name = key[len("header.") :]
-            _check_header(name, value, where, key)
-            for old in [h for h in headers if h.lower() == name.lower()]:
-                del headers[old]
-            headers[name] = str(value).strip()
-        elif key == "headers":
-            for name, val in _headers(value, where, key).items():
-                for old in [h for h in headers if h.lower() == name.lower()]:
-                    del headers[old]
-                headers[name] = val
-        else:
-            target = "fallback_direct" if key == "fallback" else key
-            values[target] = _PARSERS[target](value, where, key, True)
-    if headers or "headers" in values:
-        values["headers"] = headers
-
-
-def with_overrides(config: DragonflyConfig, overrides: Mapping[str, object]) -> DragonflyConfig:
-    """Return *config* with per-model/CLI *overrides* applied (same keys as
-    :func:`load_dragonfly_config`)."""
-    values: dict[str, Any] = {f.name: getattr(config, f.name) for f in fields(config)}
-    values["headers"] = dict(values["headers"])
-    _apply_overrides(values, overrides)
-    return DragonflyConfig(**values)
-
-
-def load_dragonfly_config(
-    path: str | os.PathLike[str] | None = None,
-    *,
-    env: Mapping[str, str] = os.environ,
-    overrides: Mapping[str, object] | None = None,
-    required: bool = False,
-) -> DragonflyConfig:
-    """Build a :class:`DragonflyConfig` from defaults, file, environment and overrides.
-
-    :param path: the JSON file; ``None`` = :func:`default_config_path` (``env``).
-    :param env: environment for ``TRITON_DRAGONFLY_CONFIG_PATH`` and the proxy variables
-        :data:`PROXY_ENV_VARS`.
-    :param overrides: per-model Triton agent ``parameters`` or CLI flags.  Keys:
-        ``proxy`` (``""`` = direct), ``tag``, ``application``, ``priority``,
-        ``piece_length`` (bytes or ``8MiB``), ``filter`` (comma- or ``&``-separated),
-        ``fallback``/``fallback_direct``, ``use_p2p``, ``version_in_task_id``,
-        ``filter_dialects``, ``peer_ranges``, ``transport``, ``socket``, ``header.<Name>`` (one header), ``headers`` (a mapping).
-        Strings are parsed (``"true"``, ``"3"``); unknown keys raise (use
-        :func:`is_override_key` to pick them out of a larger parameter set).
-    :param required: raise instead of using defaults when the file does not exist.
-    :raises ConfigError: malformed JSON, a wrong type or value (names file and key).
-    :warns DfrepoWarning: unknown or duplicate keys in the file.
-    """
-    file_path = os.fspath(path) if path is not None else default_config_path(env)
-    values = _from_file(file_path, required)
-    for var in PROXY_ENV_VARS:
-        if env.get(var, "").strip():
-            values["proxy"] = _proxy(env[var], f"${var}", "proxy")
-            break
-    if overrides:
-        _apply_overrides(values, overrides)
     return DragonflyConfig(**values)

@@ -35,7 +35,10 @@ class FileSystem:
         return tempfile.mkstemp(prefix=f".{dest.name[:80]}.", suffix=".dfrepo-part", dir=dest.parent)
 
     def create(self, path: Path) -> int:
-        """Create *path*, which must not exist (a file inside a private stage directory)."""
+        """Create *path*, which must not exist (a file inside a private stage directory).
+
+        Read-write, like ``mkstemp``: the MD5 check reads the file back before commit.
+        """
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
 
     def open_read(self, path: str | Path) -> int:

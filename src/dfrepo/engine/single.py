@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
+from ..dragonfly.fields import parse_proxy
 from .downloader import Downloader
 from .jobs import DownloadRequest, DownloadResult, ProgressCallback
 from .settings import TransferConfig
@@ -44,7 +45,8 @@ def download(
     :param implementation: force ``"cython"`` or ``"python"`` (tests, benchmarks).
     """
     cfg = config or TransferConfig()
-    transport = Transport(cfg, proxy=proxy, fallback_direct=False) if dragonfly is None and proxy else None
+    proxy = parse_proxy(proxy, None) if dragonfly is None else None  # the one proxy rule
+    transport = Transport(cfg, proxy=proxy, fallback_direct=False) if proxy else None
     req = DownloadRequest(url=url, dest=Path(dest), size=size, etag=etag, md5=md5, headers=dict(headers or {}))
     with Downloader(cfg, transport=transport, dragonfly=dragonfly, implementation=implementation) as dl:
         try:

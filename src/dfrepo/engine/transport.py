@@ -121,10 +121,9 @@ class Transport:
         )
         self._proxied: urllib3.HTTPConnectionPool | None = None
         if self.proxy:
+            # Checked once, where settings are made (dfrepo.dragonfly.fields.parse_proxy).
             parsed = urllib3.util.parse_url(self.proxy)
-            if parsed.scheme not in (None, "http") or not parsed.host:
-                raise ConfigError(f"Dragonfly proxy must be an http:// URL, got {redact_url(self.proxy)}",
-                                  source="arg", key="proxy")
+            assert parsed.host, "an unchecked proxy reached the transport"
             self._proxied = urllib3.HTTPConnectionPool(
                 parsed.host, parsed.port or 80, maxsize=size, block=False, timeout=timeout, retries=False)
         self._lock = threading.Lock()

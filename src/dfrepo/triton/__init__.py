@@ -9,7 +9,7 @@ agent parameter ``dfrepo.agent`` (``"package.module:Class"``).  See docs/triton-
 from __future__ import annotations
 
 from .agent import AGENT_PARAMETER, ArtifactType, LoadContext, RepoAgent
-from .dragonfly import DragonflyAgent
+from .dragonfly_agent import DragonflyAgent
 from .install import install_agent
 
 __all__ = [

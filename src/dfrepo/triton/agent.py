@@ -147,7 +147,7 @@ class RepoAgent:
 
 
 _BUILTIN = {
-    "dragonfly": "dfrepo.triton.dragonfly:DragonflyAgent",
+    "dragonfly": "dfrepo.triton.dragonfly_agent:DragonflyAgent",
     "python": "dfrepo.triton.agent:RepoAgent",
 }
 

@@ -3,6 +3,14 @@
 This is what the Triton agent and ``dfrepo pull`` call. The directory appears at *dest*
 only when every file arrived and verified; on any failure the staging directory is
 removed and *dest* is left as it was.
+
+:func:`pull` is the Python API's edge: it resolves the settings once
+(:func:`dfrepo.settings.resolve`) and runs :func:`pull_with`, which takes the resolved
+:class:`~dfrepo.settings.PullSettings` and parses nothing. The CLI and the Triton agent
+resolve their own settings and call :func:`pull_with`.
+
+(``dfrepo.pull`` the attribute is this function; the module is
+``sys.modules["dfrepo.pull"]``, e.g. ``importlib.import_module("dfrepo.pull")``.)
 """
 
 from __future__ import annotations
@@ -14,33 +22,20 @@ import tempfile
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Protocol
+from typing import Any, Iterable, Mapping
 from urllib.parse import unquote, urlsplit
 
-from .engine import TransferConfig
-from .errors import ConfigError
-from .locations import AnyLocation, LocalLocation, parse_location, safe_join
-from .objects import RemoteObject
-from .engine import DownloadRequest, DownloadResult, Downloader, ProgressCallback
+from .dragonfly import DragonflyConfig
+from .engine import DownloadRequest, DownloadResult, Downloader, ProgressCallback, TransferConfig
 from .engine.fs import FileSystem
+from .errors import ConfigError
+from .locations import AnyLocation, LocalLocation, safe_join
+from .objects import RemoteObject
+from .settings import ObjectCache, PullSettings, resolve
+
+__all__ = ["ObjectCache", "PullResult", "bytes_by_delivery", "pull", "pull_with"]
 
 log = logging.getLogger("dfrepo")
-
-_TRANSFER_KEYS = {f.name for f in fields(TransferConfig)}
-#: Keys of a Triton agent's ``parameters`` (or CLI overrides) that ``pull`` itself reads.
-PULL_KEYS = {"expiry", "cache", "azure_endpoint", "dfrepo.agent"}
-
-
-class ObjectCache(Protocol):
-    """What ``pull`` needs from a persistent cache (see :mod:`dfrepo.cache`)."""
-
-    def materialize(self, obj: RemoteObject, dest: Path) -> bool:
-        """Place a verified cached copy of *obj* at *dest*; False on a miss."""
-        ...
-
-    def store(self, obj: RemoteObject, path: Path) -> None:
-        """Remember the freshly downloaded *path* as the content of *obj*."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -90,37 +85,12 @@ def bytes_by_delivery(results: Iterable[DownloadResult]) -> dict[str, int]:
     return out
 
 
-def split_overrides(overrides: Mapping[str, str] | None) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
-    """Split flat overrides into (dragonfly, transfer, pull) settings.
-
-    :raises ConfigError: a key nobody knows (named in the message).
-    """
-    from .dragonfly import is_override_key
-
-    dragonfly: dict[str, str] = {}
-    transfer: dict[str, str] = {}
-    pull: dict[str, str] = {}
-    for key, value in (overrides or {}).items():
-        if key in _TRANSFER_KEYS:
-            transfer[key] = value
-        elif key in PULL_KEYS:
-            pull[key] = value
-        elif is_override_key(key):
-            dragonfly[key] = value
-        else:
-            # A typo in a Triton agent parameter must not be silently ignored.
-            raise ConfigError(f"unknown setting {key!r} (known: Dragonfly keys such as proxy, tag, filter, "
-                              f"header.<Name>; transfer keys such as concurrency, range_size; "
-                              f"{', '.join(sorted(PULL_KEYS))})", source="parameters", key=key)
-    return dragonfly, transfer, pull
-
-
 def pull(
     location: str | AnyLocation,
     dest: str | os.PathLike[str],
     *,
     credential_path: str | os.PathLike[str] | None = None,
-    dragonfly: Any | None = None,
+    dragonfly: DragonflyConfig | None = None,
     transfer: TransferConfig | None = None,
     cache: ObjectCache | None = None,
     overrides: Mapping[str, str] | None = None,
@@ -133,7 +103,7 @@ def pull(
     """Fetch the model directory at *location* into *dest*.
 
     :param location: ``s3://``, ``gs://``, ``as://`` (Triton's grammar), a local path or
-        ``file://``.
+        ``file://``; parsed once, here.
     :param dest: the directory to fill. If it exists it must be empty (Triton's
         acquired dir is); if not, it is created by one rename at the end.
     :param credential_path: a ``cloud_credential.json`` (default:
@@ -142,37 +112,56 @@ def pull(
         ``dragonfly_config.json`` from ``TRITON_DRAGONFLY_CONFIG_PATH`` (defaults if missing).
     :param transfer: engine settings.
     :param cache: a persistent cache; hits are hard-linked instead of downloaded.
-    :param overrides: flat string settings (Triton agent ``parameters``, CLI flags):
-        Dragonfly keys (``proxy``, ``tag``, ``filter``, ``header.X``, ``fallback`` ...),
-        transfer keys (``concurrency``, ``range_size`` ...) and ``expiry``.
+    :param overrides: flat string settings in the Triton agent ``parameters`` form
+        (routed by :mod:`dfrepo.triton.parameters`): Dragonfly keys (``proxy``, ``tag``,
+        ``filter``, ``header.X``, ``fallback`` ...), transfer keys (``concurrency``,
+        ``range_size`` ...), ``expiry``, ``cache`` and ``azure_endpoint``.
     :param objects: an already made listing (skips listing; ``dfrepo ls``/tests).
     """
-    from .dragonfly import load_dragonfly_config, with_overrides
-    from .stores import list_model
+    from .triton.parameters import route_parameters
 
     started = time.monotonic()
-    env = os.environ if env is None else env
-    df_over, tr_over, pull_over = split_overrides(overrides)
-    if dragonfly is None:
-        dragonfly = load_dragonfly_config(None, env=env, overrides=df_over)
-    elif df_over:
-        dragonfly = with_overrides(dragonfly, df_over)
-    cfg = (transfer or TransferConfig()).with_overrides(tr_over)
-    if "expiry" in pull_over:
-        try:
-            expiry = int(pull_over["expiry"])
-        except ValueError:
-            raise ConfigError(f"expiry must be seconds, got {pull_over['expiry']!r}",
-                              source="arg", key="expiry") from None
+    routed = route_parameters(overrides)
+    settings = resolve(
+        location, env=env, credential_path=credential_path,
+        dragonfly=dragonfly, dragonfly_overrides=routed.dragonfly,
+        transfer=transfer, transfer_overrides=routed.transfer,
+        cache=cache, cache_setting=routed.cache,
+        expiry=routed.expiry if routed.expiry is not None else expiry,
+        azure_endpoint=routed.azure_endpoint,
+    )
+    return pull_with(settings, dest, progress=progress, implementation=implementation, objects=objects,
+                     started=started)
 
-    if "cache" in pull_over:
-        cache = _cache_from_setting(pull_over["cache"], cache, env)
-    loc = parse_location(location, env=env, azure_endpoint=pull_over.get("azure_endpoint")) \
-        if isinstance(location, str) else location
+
+def pull_with(
+    settings: PullSettings,
+    dest: str | os.PathLike[str],
+    *,
+    progress: ProgressCallback | None = None,
+    implementation: str | None = None,
+    objects: list[RemoteObject] | None = None,
+    started: float | None = None,
+) -> PullResult:
+    """Fetch the model directory at ``settings.location`` into *dest*.
+
+    :param settings: what :func:`dfrepo.settings.resolve` made (nothing is parsed again).
+    :param dest: see :func:`pull`.
+    :param objects: an already made listing (skips listing).
+    :param implementation: force the byte mover (``"cython"``/``"python"``).
+    :param started: ``time.monotonic()`` when the pull began (default: now).
+    """
+    from .stores import list_model
+
+    started = time.monotonic() if started is None else started
+    loc = settings.location
+    cfg = settings.transfer
+    dragonfly = settings.dragonfly
+    cache = settings.cache
     if objects is None:
-        kwargs: dict[str, Any] = {"credential_path": credential_path, "env": env}
-        if expiry is not None:
-            kwargs["expiry"] = expiry
+        kwargs: dict[str, Any] = {"credential_path": settings.credential_path, "env": settings.env}
+        if settings.expiry is not None:
+            kwargs["expiry"] = settings.expiry
         objects = list_model(loc, **kwargs)
 
     dest = Path(dest)
@@ -248,19 +237,6 @@ def pull(
     )
     log.info("dfrepo: pulled %s: %d files, %d bytes in %.2fs", loc.display, result.files, total, result.seconds)
     return result
-
-
-def _cache_from_setting(value: str, current: ObjectCache | None, env: Mapping[str, str]) -> ObjectCache | None:
-    """``cache`` setting: off/false/0 disables, on/true enables the default cache dir,
-    anything else is a cache directory."""
-    lowered = value.strip().lower()
-    if lowered in ("off", "false", "no", "0", "none"):
-        return None
-    from .cache import ModelCache
-
-    if lowered in ("on", "true", "yes", "1"):
-        return current if current is not None else ModelCache(env=env)
-    return ModelCache(value)
 
 
 def _remove_dead_stages(dest: Path) -> None:
