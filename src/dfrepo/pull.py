@@ -18,15 +18,21 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 from urllib.parse import unquote, urlsplit
 
+from . import stages
 from .dragonfly import DragonflyConfig
-from .engine import DownloadRequest, DownloadResult, Downloader, ProgressCallback, TransferConfig
+from .engine import (
+    Downloader,
+    DownloadRequest,
+    DownloadResult,
+    ProgressCallback,
+    TransferConfig,
+)
 from .engine.fs import FileSystem
 from .errors import ConfigError
 from .locations import AnyLocation, LocalLocation, safe_join
@@ -166,8 +172,8 @@ def pull_with(
 
     dest = Path(dest)
     _check_dest(dest)
-    _remove_dead_stages(dest)
-    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.dfrepo-stage-{os.getpid()}-", dir=dest.parent))
+    stages.remove_dead(dest.parent, dest.name)
+    stage = stages.new_stage(dest)
     try:
         counts = {"cache": 0, "local": 0}
         to_fetch: list[tuple[RemoteObject, DownloadRequest]] = []
@@ -237,30 +243,6 @@ def pull_with(
     )
     log.info("dfrepo: pulled %s: %d files, %d bytes in %.2fs", loc.display, result.files, total, result.seconds)
     return result
-
-
-def _remove_dead_stages(dest: Path) -> None:
-    """Remove staging dirs for *dest* left by processes that were killed mid-pull.
-
-    A stage is named ``.<dest>.dfrepo-stage-<pid>-<random>``; one whose process no longer
-    exists cannot be finished by anyone.
-    """
-    prefix = f".{dest.name}.dfrepo-stage-"
-    try:
-        candidates = [p for p in dest.parent.iterdir() if p.name.startswith(prefix)]
-    except OSError:
-        return
-    for stage in candidates:
-        pid_text = stage.name[len(prefix):].split("-", 1)[0]
-        if not pid_text.isdigit() or int(pid_text) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid_text), 0)
-        except ProcessLookupError:
-            log.info("dfrepo: removing %s left by a killed pull", stage)
-            shutil.rmtree(stage, ignore_errors=True)
-        except OSError:  # alive under another user: not ours to touch
-            continue
 
 
 def _check_dest(dest: Path) -> None:

@@ -16,19 +16,19 @@ Run by hand for debugging: ``python -m dfrepo.triton.worker <fd>``.
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import re
-import shutil
 import signal
 import socket
 import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from .. import stages
 from ..errors import (
     ConfigError,
     CredentialsError,
@@ -219,35 +219,20 @@ def _model_name(request: dict[str, Any]) -> str:
     return str(name)
 
 
-# dfrepo.repo.pull stages next to its destination as ``.<dest>.dfrepo-stage-<pid>-<random>``;
-# Triton's acquired directories are ``mkdtemp("/tmp/folderXXXXXX")``.
-_STAGE = ".{name}.dfrepo-stage-{pid}-"
-_TRITON_TMP = "/tmp"
+#: Triton's acquired directories are ``mkdtemp("/tmp/folderXXXXXX")``; pulls stage beside them.
+_TRITON_TMP = Path("/tmp")
 
 
 def _remove_stages(acquired: str | None, pid: int) -> None:
     """Remove the staging dirs this process made for ``acquired`` (an abandoned pull)."""
-    if not acquired:
-        return
-    parent, name = os.path.split(os.path.normpath(acquired))
-    prefix = _STAGE.format(name=name, pid=pid)
-    for stage in glob.glob(os.path.join(glob.escape(parent), glob.escape(prefix) + "*")):
-        shutil.rmtree(stage, ignore_errors=True)
+    if acquired:
+        stages.remove_own(Path(os.path.normpath(acquired)), pid)
 
 
-def _remove_dead_stages(root: str = _TRITON_TMP) -> None:
+def _remove_dead_stages(root: Path = _TRITON_TMP) -> None:
     """Remove stages of pulls into Triton's dirs whose process is gone (a worker killed at
     its deadline cannot clean up after itself).  Live and foreign processes are left alone."""
-    for stage in glob.glob(os.path.join(root, ".folder*.dfrepo-stage-*")):
-        pid_text = os.path.basename(stage).split(".dfrepo-stage-", 1)[1].split("-", 1)[0]
-        if not pid_text.isdigit() or int(pid_text) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid_text), 0)
-        except ProcessLookupError:
-            shutil.rmtree(stage, ignore_errors=True)
-        except OSError:
-            continue
+    stages.remove_dead(root)
 
 
 def _deadline_reply(dispatcher: Dispatcher, request: dict[str, Any], waited: float,
