@@ -509,7 +509,7 @@ def test_fuzz_credential_file(tmp_path_factory: pytest.TempPathFactory, blob: by
 @FUZZ
 @given(st.text(max_size=120))
 def test_fuzz_redact_url_never_leaks_query(text: str) -> None:
-    from dfrepo.errors import redact_url
+    from dfrepo.redact import redact_url
 
     out = redact_url(text)
     query = text.partition("?")[2]

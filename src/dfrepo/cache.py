@@ -61,6 +61,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .errors import CacheError, ConfigError
 from .objects import RemoteObject
+from .redact import redact_inline
 
 __all__ = [
     "CACHE_DIR_ENV",
@@ -124,19 +125,6 @@ def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
     if xdg and os.path.isabs(xdg):  # the XDG spec says relative values are invalid
         return Path(xdg) / "dfrepo"
     return Path.home() / ".cache" / "dfrepo"
-
-
-_USERINFO_RE = re.compile(r"(://)[^/@\s]*@")
-
-
-def redact_inline(text: str) -> str:
-    """Drop userinfo, query and fragment from a URL-like string *without* re-parsing it,
-    so nested forms such as Triton's ``s3://http://host:port/bucket/key`` stay intact
-    (:func:`~dfrepo.errors.redact_url` would fold them)."""
-    text = _USERINFO_RE.sub(r"\1", text)
-    head = text.partition("#")[0]
-    base, sep, _query = head.partition("?")
-    return base + ("?<redacted>" if sep else "")
 
 
 def _normalize_version(version: str | None) -> str | None:

@@ -44,7 +44,6 @@ from urllib.parse import unquote, urlsplit
 
 from ._progress import format_bytes, format_rate, make_progress
 from ._version import __version__
-from .cache import redact_inline
 from .errors import (
     ConfigError,
     CredentialsError,
@@ -53,8 +52,8 @@ from .errors import (
     RepoAgentError,
     StoreError,
     TransferError,
-    redact_url,
 )
+from .redact import redact_inline, redact_url
 
 __all__ = ["EXIT_CODES", "exit_code_for", "main"]
 

@@ -53,6 +53,7 @@ from typing import ClassVar, Union
 from urllib.parse import quote, unquote, urlsplit
 
 from .errors import LocationError, UnsafePathError
+from .redact import redact_inline
 
 __all__ = [
     "Location",
@@ -233,7 +234,7 @@ AnyLocation = Union[S3Location, GCSLocation, AzureLocation, LocalLocation]
 
 def _bad(message: str, location: str, key: str) -> LocationError:
     # The location string is a path, not a secret, but drop anything after "?".
-    shown = location.partition("?")[0]
+    shown = redact_inline(location)
     if len(shown) > 200:
         shown = shown[:200] + "..."
     return LocationError(f"{message} (location {shown!r})", source="location", key=key)
@@ -334,7 +335,7 @@ def _check_endpoint(endpoint: str, location: str, key: str) -> str:
     ):
         raise LocationError(
             f"endpoint must be http(s)://host[:port][/path] without credentials or query "
-            f"(for {location.partition('?')[0]!r})",
+            f"(for {redact_inline(location)!r})",
             source=key,
             key=key,
         )

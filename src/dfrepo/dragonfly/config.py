@@ -45,7 +45,8 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
-from ..errors import ConfigError, DfrepoWarning, redact_url
+from ..errors import ConfigError, DfrepoWarning
+from ..redact import redact_url
 from .taskid import parse_byte_size
 
 __all__ = [

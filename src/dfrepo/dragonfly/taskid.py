@@ -38,7 +38,8 @@ from collections.abc import Iterable, Mapping
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from ..errors import ConfigError, redact_url
+from ..errors import ConfigError
+from ..redact import redact_url
 
 __all__ = [
     "DEFAULT_FILTERED_QUERY_PARAMS",

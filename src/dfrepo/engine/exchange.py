@@ -16,8 +16,8 @@ from ..errors import (
     RangeNotSupportedError,
     SourceChangedError,
     TransferError,
-    redact_url,
 )
+from ..redact import redact_url
 from ..values import normalize_etag
 from .jobs import DownloadRequest, FileJob
 

@@ -19,6 +19,7 @@ from ..credentials import S3Credentials
 from ..errors import CredentialsError, LocationError, ObjectNotFoundError, StoreError
 from ..locations import S3Location, safe_relpath
 from ..objects import RemoteObject
+from ..redact import redact_inline
 from ._common import check_expiry, finish, is_dir_marker, s3_etag_md5, strip_etag
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ def list_s3(
     check_expiry(expiry)
     creds = creds or S3Credentials()
     if location.quirk and ":" in location.bucket:
-        raise LocationError(f"{location.raw.partition('?')[0]!r}: {location.quirk}; "
+        raise LocationError(f"{redact_inline(location.raw)!r}: {location.quirk}; "
                             "rename the key or use the plain s3://bucket/... form",
                             source="location", key="bucket")
     list_prefix = location.prefix + "/" if location.prefix else ""
