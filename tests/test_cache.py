@@ -25,10 +25,10 @@ from dfrepo.cache import (
     ModelCache,
     cache_key,
     default_cache_dir,
-    parse_size,
 )
 from dfrepo.engine.settings import TransferConfig
 from dfrepo.objects import RemoteObject
+from dfrepo.values import parse_size
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 MiB = 1024 * 1024

@@ -25,7 +25,8 @@ from dfrepo.errors import (
 from dfrepo.locations import parse_location
 from dfrepo.objects import RemoteObject
 from dfrepo.stores import list_model
-from dfrepo.stores._common import b64_to_hex, finish, s3_etag_md5, strip_etag
+from dfrepo.stores._common import b64_to_hex, finish, s3_etag_md5
+from dfrepo.values import normalize_etag
 
 BIN_SIZE = 3 * 1024 * 1024 + 17
 
@@ -72,7 +73,7 @@ def check_listing(objs: list[RemoteObject], files: dict[str, bytes]) -> None:
 
 
 def test_common_helpers() -> None:
-    assert strip_etag('"abc"') == "abc" and strip_etag('W/"x"') == "x" and strip_etag(None) is None
+    assert normalize_etag('"abc"') == "abc" and normalize_etag('W/"x"') == "x" and normalize_etag(None) is None
     assert s3_etag_md5("0123456789abcdef0123456789ABCDEF") == "0123456789abcdef0123456789abcdef"
     assert s3_etag_md5("0123456789abcdef0123456789abcdef-2") is None
     digest = hashlib.md5(b"x").digest()

@@ -59,9 +59,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from .engine.fs import md5_of_fd
 from .errors import CacheError, ConfigError
 from .objects import RemoteObject
 from .redact import redact_inline
+from .values import normalize_etag, parse_size
 
 __all__ = [
     "CACHE_DIR_ENV",
@@ -71,7 +73,6 @@ __all__ = [
     "ModelCache",
     "cache_key",
     "default_cache_dir",
-    "parse_size",
 ]
 
 log = logging.getLogger("dfrepo")
@@ -92,29 +93,6 @@ _CACHEDIR_TAG = (
     "# For information about cache directory tags see https://bford.info/cachedir/\n"
 )
 
-_UNITS = {"": 1, "b": 1}
-for _i, _p in enumerate("kmgtp", start=1):
-    _UNITS[_p] = _UNITS[_p + "i"] = _UNITS[_p + "ib"] = 1024**_i
-    _UNITS[_p + "b"] = 1000**_i
-_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)\s*([a-zA-Z]*)\s*$")
-
-
-def parse_size(text: str | int) -> int:
-    """Parse a byte size: ``1048576``, ``"20GiB"``, ``"20G"`` (binary), ``"20GB"`` (decimal).
-
-    :raises ValueError: not a size.
-    """
-    if isinstance(text, int) and not isinstance(text, bool):
-        if text < 0:
-            raise ValueError(f"not a size: {text!r}")
-        return text
-    m = _SIZE_RE.match(str(text))
-    unit = m.group(2).lower() if m else ""
-    if not m or unit not in _UNITS:
-        raise ValueError(f"not a size: {text!r}")
-    return int(float(m.group(1)) * _UNITS[unit])
-
-
 def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
     """``DFREPO_CACHE_DIR``, else ``$XDG_CACHE_HOME/dfrepo``, else ``~/.cache/dfrepo``."""
     env = os.environ if env is None else env
@@ -125,15 +103,6 @@ def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
     if xdg and os.path.isabs(xdg):  # the XDG spec says relative values are invalid
         return Path(xdg) / "dfrepo"
     return Path.home() / ".cache" / "dfrepo"
-
-
-def _normalize_version(version: str | None) -> str | None:
-    if version is None:
-        return None
-    v = version.strip()
-    if v[:2] in ("W/", "w/"):
-        v = v[2:]
-    return v.strip('"').strip() or None
 
 
 def _identity(obj: RemoteObject) -> str:
@@ -153,7 +122,7 @@ def cache_key(obj: RemoteObject) -> str | None:
     signature, no header takes part, so a freshly signed URL for the same object version
     maps to the same key, and a new version to a new key.
     """
-    version = _normalize_version(obj.version)
+    version = normalize_etag(obj.version)
     if version is None:
         return None
     payload = [_KEY_VERSION, _identity(obj), version, int(obj.size), (obj.md5 or "").lower() or None]
@@ -179,18 +148,6 @@ class _Scan:
     entries: list[CacheEntry]
     removed: int
     freed: int
-
-
-def _md5_fd(fd: int, size: int) -> str:
-    h = hashlib.md5(usedforsecurity=False)
-    off = 0
-    while off < size:
-        chunk = os.pread(fd, min(_CHUNK, size - off), off)
-        if not chunk:
-            break
-        h.update(chunk)
-        off += len(chunk)
-    return h.hexdigest()
 
 
 def _copy_fd(src: int, dst: int, size: int) -> str:
@@ -468,11 +425,11 @@ class ModelCache:
             return "not a regular file"
         if st.st_size != obj.size or meta.get("size") != obj.size:
             return f"truncated or resized ({st.st_size} bytes, expected {obj.size})"
-        if meta.get("version") != _normalize_version(obj.version):
+        if meta.get("version") != normalize_etag(obj.version):
             return "for another version"
         if self.verify == "full":
             expected = (obj.md5 or meta.get("md5") or "").lower()
-            if expected and _md5_fd(fd, st.st_size) != expected:
+            if expected and md5_of_fd(fd, st.st_size) != expected:
                 return "corrupt (MD5 mismatch)"
         return None
 
@@ -550,7 +507,7 @@ class ModelCache:
                 return
             md5 = (obj.md5 or "").lower() or None
             if md5 is None and self.verify == "full":
-                md5 = _md5_fd(hold, obj.size)
+                md5 = md5_of_fd(hold, obj.size)
             if hold_st.st_nlink <= 2:
                 # Ours alone (the download and this link): make it read-only. A file with more
                 # names is dfdaemon's content file, hard-linked over gRPC: the same inode is
@@ -560,7 +517,7 @@ class ModelCache:
             meta = {
                 "v": 1, "key": key, "size": obj.size,
                 "source": redact_inline(obj.source or _identity(obj)),
-                "version": _normalize_version(obj.version), "md5": md5,
+                "version": normalize_etag(obj.version), "md5": md5,
                 "created": now, "last_used": now,
             }
             with self._lock(exclusive=True):

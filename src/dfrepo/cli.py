@@ -184,7 +184,7 @@ def _parse_duration(text: str) -> float:
 
 
 def _size_arg(text: str) -> int:
-    from .cache import parse_size
+    from .values import parse_size
 
     try:
         return parse_size(text)

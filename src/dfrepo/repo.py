@@ -21,6 +21,7 @@ from .engine import TransferConfig
 from .errors import ConfigError
 from .locations import AnyLocation, LocalLocation, parse_location, safe_join
 from .objects import RemoteObject
+from .values import FALSE_WORDS, TRUE_WORDS
 from .engine import DownloadRequest, DownloadResult, Downloader, ProgressCallback
 from .engine.fs import FileSystem
 
@@ -254,11 +255,11 @@ def _cache_from_setting(value: str, current: ObjectCache | None, env: Mapping[st
     """``cache`` setting: off/false/0 disables, on/true enables the default cache dir,
     anything else is a cache directory."""
     lowered = value.strip().lower()
-    if lowered in ("off", "false", "no", "0", "none"):
+    if lowered in FALSE_WORDS or lowered == "none":
         return None
     from .cache import ModelCache
 
-    if lowered in ("on", "true", "yes", "1"):
+    if lowered in TRUE_WORDS:
         return current if current is not None else ModelCache(env=env)
     return ModelCache(value)
 

@@ -47,6 +47,7 @@ from typing import Any
 
 from ..errors import ConfigError, DfrepoWarning
 from ..redact import redact_url
+from ..values import FALSE_WORDS, TRUE_WORDS
 from .taskid import parse_byte_size
 
 __all__ = [
@@ -129,8 +130,6 @@ _HOISTED = {
 }
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 def default_config_path(env: Mapping[str, str] = os.environ) -> str:
@@ -196,8 +195,8 @@ def _proxy(value: Any, where: str | None, key: str = "proxy", loose: bool = Fals
 def _bool(value: Any, where: str | None, key: str, loose: bool = False) -> bool:
     if isinstance(value, bool):
         return value
-    if loose and isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
+    if loose and isinstance(value, str) and value.strip().lower() in TRUE_WORDS | FALSE_WORDS:
+        return value.strip().lower() in TRUE_WORDS
     raise _err(where, key, f"must be a boolean, not {_type_name(value)}")
 
 

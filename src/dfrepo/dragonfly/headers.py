@@ -33,6 +33,7 @@ from __future__ import annotations
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ..errors import ConfigError
+from ..values import normalize_etag
 from .config import DragonflyConfig
 from .taskid import DEFAULT_FILTERED_QUERY_PARAMS, _URL
 
@@ -120,11 +121,8 @@ def version_tag(tag: str | None, version: str | None) -> str | None:
     ETag quotes and a weak ``W/`` prefix are removed, so a version read from a listing and
     from a response header agree.  ``"{tag}@{version}"``, or ``version``, or ``tag``.
     """
+    version = normalize_etag(version)
     if version is not None:
-        version = version.strip()
-        if version[:2] in ("W/", "w/"):
-            version = version[2:]
-        version = version.strip('"').strip()
         if any(ord(c) < 0x20 or ord(c) == 0x7F for c in version):
             raise ConfigError("object version contains control characters", source="store", key="version")
     if tag and version:

@@ -40,6 +40,7 @@ from urllib.parse import unquote, urlsplit
 
 from ..errors import ConfigError
 from ..redact import redact_url
+from ..values import parse_size
 
 __all__ = [
     "DEFAULT_FILTERED_QUERY_PARAMS",
@@ -346,23 +347,18 @@ def task_id(
     return h.hexdigest()
 
 
-_SIZE_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([A-Za-z]*)\s*")
-_SIZE_UNITS = {"": 1, "b": 1}
-for _i, _p in enumerate("kmgtpe", start=1):
-    _SIZE_UNITS[_p] = _SIZE_UNITS[_p + "b"] = 1000**_i
-    _SIZE_UNITS[_p + "i"] = _SIZE_UNITS[_p + "ib"] = 1024**_i
-
-
 def parse_byte_size(text: str) -> int | None:
     """Parse a ``bytesize`` string as dfdaemon does (``4194304``, ``4mib``, ``8MiB``, ``4mb``).
 
-    Decimal units (``mb``) are powers of 1000, binary ones (``mib``) of 1024; a bare number
-    is bytes.  Returns ``None`` for an unparsable value (dfdaemon then ignores the header).
+    Decimal units (``mb``) and bare prefixes (``m``) are powers of 1000, binary ones
+    (``mib``) of 1024; a bare number is bytes (:func:`dfrepo.values.parse_size` with
+    ``bare="decimal"``).  Returns ``None`` for an unparsable value (dfdaemon then ignores
+    the header).
     """
-    m = _SIZE_RE.fullmatch(text)
-    if not m or m.group(2).lower() not in _SIZE_UNITS:
+    try:
+        return parse_size(text, bare="decimal")
+    except ValueError:
         return None
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

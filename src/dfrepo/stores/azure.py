@@ -27,7 +27,8 @@ from ..credentials import AzureCredentials
 from ..errors import CredentialsError, ObjectNotFoundError, StoreError
 from ..locations import AZURE_DEFAULT_SUFFIX, AzureLocation, safe_relpath
 from ..objects import RemoteObject
-from ._common import b64_to_hex, check_expiry, finish, is_dir_marker, strip_etag
+from ..values import normalize_etag
+from ._common import b64_to_hex, check_expiry, finish, is_dir_marker
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def list_azure(
                 url += "?" + sas
             settings = blob.content_settings
             objects.append(RemoteObject(
-                rel_path=rel, size=size, url=url, version=strip_etag(blob.etag),
+                rel_path=rel, size=size, url=url, version=normalize_etag(blob.etag),
                 md5=b64_to_hex(settings.content_md5 if settings else None),
                 source=location.source_for(name)))
     except aexc.AzureError as exc:

@@ -20,7 +20,8 @@ from ..errors import CredentialsError, LocationError, ObjectNotFoundError, Store
 from ..locations import S3Location, safe_relpath
 from ..objects import RemoteObject
 from ..redact import redact_inline
-from ._common import check_expiry, finish, is_dir_marker, s3_etag_md5, strip_etag
+from ..values import normalize_etag
+from ._common import check_expiry, finish, is_dir_marker, s3_etag_md5
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ def list_s3(
                 if is_dir_marker(key, size):
                     continue
                 rel = safe_relpath(key, location.prefix)
-                etag = strip_etag(item.get("ETag"))
+                etag = normalize_etag(item.get("ETag"))
                 url = client.generate_presigned_url(
                     "get_object", Params={"Bucket": location.bucket, "Key": key},
                     ExpiresIn=expiry)
