@@ -3,7 +3,6 @@
 * :mod:`.config`: :class:`DragonflyConfig`, ``dragonfly_config.json`` loading.
 * :mod:`.headers`: request headers (filter in both dialects, Use-P2P, Tag with version).
 * :mod:`.taskid`: task IDs exactly as dfdaemon computes them (canonicalizations A and B).
-* :mod:`.errors_map`: ``X-Dragonfly-Error-Type`` -> :class:`~dfrepo.errors.HTTPStatusError`.
 
 Stdlib only; nothing here opens a connection.
 """
@@ -22,10 +21,8 @@ from .config import (
     load_dragonfly_config,
     with_overrides,
 )
-from .errors_map import ERROR_TYPE_HEADER, classify_response, note_direct_fallback
 from .headers import (
     AZURE_SAS_QUERY_PARAMS,
-    canonical_request_url,
     filtered_query_params,
     is_azure_sas_url,
     request_headers,
@@ -47,21 +44,17 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "DEFAULT_FILTERED_QUERY_PARAMS",
     "DEFAULT_PROXY",
-    "ERROR_TYPE_HEADER",
     "OVERRIDE_KEYS",
     "PROXY_ENV_VARS",
     "TASK_ID_HEADER",
     "DragonflyConfig",
-    "canonical_request_url",
     "canonical_url",
     "check_task_id",
-    "classify_response",
     "default_config_path",
     "filtered_query_params",
     "is_azure_sas_url",
     "is_override_key",
     "load_dragonfly_config",
-    "note_direct_fallback",
     "parse_byte_size",
     "request_headers",
     "task_id",

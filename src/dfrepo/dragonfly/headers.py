@@ -30,16 +30,15 @@ needs no Dragonfly headers and the user's headers may be meant for the proxy).
 
 from __future__ import annotations
 
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from ..errors import ConfigError
 from ..values import normalize_etag
 from .config import DragonflyConfig
-from .taskid import DEFAULT_FILTERED_QUERY_PARAMS, _URL
+from .taskid import DEFAULT_FILTERED_QUERY_PARAMS
 
 __all__ = [
     "AZURE_SAS_QUERY_PARAMS",
-    "canonical_request_url",
     "filtered_query_params",
     "is_azure_sas_url",
     "request_headers",
@@ -133,8 +132,8 @@ def version_tag(tag: str | None, version: str | None) -> str | None:
 def request_headers(cfg: DragonflyConfig, url: str, *, version: str | None = None) -> dict[str, str]:
     """Headers for ``GET url`` through the proxy of *cfg* (see the module docstring).
 
-    :param url: the URL as it will be requested (use :func:`canonical_request_url`); used
-        to pick the filter list, never copied into a header.
+    :param url: the URL as it will be requested; used to pick the filter list, never
+        copied into a header.
     :param version: the object's version evidence (S3 ETag or versionId, GCS generation,
         Azure ETag); folded into ``X-Dragonfly-Tag`` when ``cfg.version_in_task_id``.
     """
@@ -160,20 +159,3 @@ def request_headers(cfg: DragonflyConfig, url: str, *, version: str | None = Non
             del out[ours]
         out[name] = value
     return out
-
-
-def canonical_request_url(url: str) -> str:
-    """Rewrite *url* so every dfdaemon generation derives the same task ID from it.
-
-    Lowercases scheme and host, drops a default port (``:443``/``:80``) and the fragment,
-    and sorts the query parameters by decoded key (stable, so repeated keys keep their
-    order) without re-encoding them, so signatures stay valid (S3 SigV4, GCS V4 and Azure
-    SAS do not depend on parameter order).  The path is left as is.  Canonicalizations A
-    and B then agree unless a *kept* parameter contains ``*``, ``~`` or ``;``.
-    """
-    parsed = _URL(url)
-    parts = urlsplit(url.strip())
-    segments = [seg for seg in parts.query.split("&") if seg]
-    segments.sort(key=lambda seg: unquote(seg.partition("=")[0].replace("+", " "), errors="replace"))
-    scheme, _, rest = parsed.base.partition("://")
-    return urlunsplit((scheme, rest, parts.path or "/", "&".join(segments), ""))

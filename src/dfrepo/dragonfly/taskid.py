@@ -22,8 +22,8 @@ Two URL canonicalizations exist (see :func:`canonical_url`):
     ``url.QueryEscape`` (``~`` kept, ``*`` -> ``%2A``).
 
 For presigned S3/GCS/Azure URLs all signature parameters are filtered, so both give the
-same ID; :func:`dfrepo.dragonfly.canonical_request_url` makes the two agree for any
-remaining plain parameters too.  Not modelled: OCI blob-digest IDs
+same ID (they can differ only when a *kept* parameter is out of key order or contains ``*``,
+``~`` or ``;``).  Not modelled: OCI blob-digest IDs
 (``X-Dragonfly-Enable-Task-ID-Based-Blob-Digest``), which only apply to registry URLs.
 
 Pure functions, stdlib only; nothing here logs a URL's query.

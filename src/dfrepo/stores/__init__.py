@@ -39,7 +39,7 @@ from ..locations import (
 from ..objects import RemoteObject
 from ._common import DEFAULT_EXPIRY, MAX_EXPIRY, check_expiry
 
-__all__ = ["list_model", "list_objects", "DEFAULT_EXPIRY", "MAX_EXPIRY"]
+__all__ = ["list_model", "DEFAULT_EXPIRY", "MAX_EXPIRY"]
 
 
 def list_model(
@@ -97,10 +97,3 @@ def list_model(
 
     return list_azure(location, creds, expiry=expiry, timeout=timeout,  # type: ignore[arg-type]
                       **backend_options)
-
-
-def list_objects(
-    location: AnyLocation | str, credentials: Credentials | None = None, **kwargs: Any
-) -> list[RemoteObject]:
-    """The name docs/ARCHITECTURE.md uses; same as :func:`list_model`."""
-    return list_model(location, credentials, **kwargs)
