@@ -39,9 +39,8 @@ from dfrepo.locations import (
     LocalLocation,
     S3Location,
     parse_location,
-    safe_join,
-    safe_relpath,
 )
+from dfrepo.safepaths import safe_join, safe_relpath
 from dfrepo.repo import pull
 from dfrepo.engine.plan import SMALL_TO_SOURCE, MiB, auto_piece_length, plan_spans
 

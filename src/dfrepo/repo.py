@@ -19,8 +19,9 @@ from urllib.parse import unquote, urlsplit
 
 from .engine import TransferConfig
 from .errors import ConfigError
-from .locations import AnyLocation, LocalLocation, parse_location, safe_join
+from .locations import AnyLocation, LocalLocation, parse_location
 from .objects import RemoteObject
+from .safepaths import safe_join
 from .values import FALSE_WORDS, TRUE_WORDS
 from .engine import DownloadRequest, DownloadResult, Downloader, ProgressCallback
 from .engine.fs import FileSystem

@@ -8,7 +8,7 @@
 * ``as://`` -> :func:`dfrepo.stores.azure.list_azure` (read-only SAS)
 * local / ``file://`` -> :func:`dfrepo.stores.local.list_local` (``file://`` URLs)
 
-Every entry's ``rel_path`` passed :func:`~dfrepo.locations.safe_relpath`; directory
+Every entry's ``rel_path`` passed :func:`~dfrepo.safepaths.safe_relpath`; directory
 marker objects are skipped; the list is sorted by ``rel_path``.  An empty directory or
 missing bucket/container raises :class:`~dfrepo.errors.ObjectNotFoundError`; rejected
 credentials raise :class:`~dfrepo.errors.CredentialsError`.

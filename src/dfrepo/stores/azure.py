@@ -25,8 +25,9 @@ from typing import Any
 
 from ..credentials import AzureCredentials
 from ..errors import CredentialsError, ObjectNotFoundError, StoreError
-from ..locations import AZURE_DEFAULT_SUFFIX, AzureLocation, safe_relpath
+from ..locations import AZURE_DEFAULT_SUFFIX, AzureLocation
 from ..objects import RemoteObject
+from ..safepaths import safe_relpath
 from ..values import normalize_etag
 from ._common import b64_to_hex, check_expiry, finish, is_dir_marker
 

@@ -39,8 +39,9 @@ from typing import Any
 
 from ..credentials import GCSCredentials
 from ..errors import ConfigError, CredentialsError, ObjectNotFoundError, StoreError
-from ..locations import GCSLocation, safe_relpath
+from ..locations import GCSLocation
 from ..objects import RemoteObject
+from ..safepaths import safe_relpath
 from ._common import b64_to_hex, check_expiry, finish, is_dir_marker
 
 log = logging.getLogger(__name__)

@@ -19,9 +19,10 @@ from typing import Any
 
 from ..credentials import S3Credentials
 from ..errors import CredentialsError, LocationError, ObjectNotFoundError, StoreError
-from ..locations import S3Location, safe_relpath
+from ..locations import S3Location
 from ..objects import RemoteObject
 from ..redact import redact_inline
+from ..safepaths import safe_relpath
 from ..values import normalize_etag
 from ._common import check_expiry, finish, is_dir_marker, s3_etag_md5
 
