@@ -2,7 +2,8 @@
 
 * :mod:`.config`: :class:`DragonflyConfig`, ``dragonfly_config.json`` loading.
 * :mod:`.headers`: request headers (filter in both dialects, Use-P2P, Tag with version).
-* :mod:`.taskid`: task IDs exactly as dfdaemon computes them (canonicalizations A and B).
+* :mod:`.taskid`: task IDs exactly as dfdaemon computes them.
+* :mod:`.urlcanon`: the URL string they hash (canonicalizations A and B).
 
 Stdlib only; nothing here opens a connection.
 """
@@ -29,14 +30,13 @@ from .headers import (
     version_tag,
 )
 from .taskid import (
-    DEFAULT_FILTERED_QUERY_PARAMS,
     TASK_ID_HEADER,
-    canonical_url,
     check_task_id,
     parse_byte_size,
     task_id,
     task_id_for_request,
 )
+from .urlcanon import DEFAULT_FILTERED_QUERY_PARAMS, canonical_url
 
 __all__ = [
     "AZURE_SAS_QUERY_PARAMS",

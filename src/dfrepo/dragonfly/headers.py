@@ -7,7 +7,7 @@ What :func:`request_headers` sends, and why:
 ``X-Dragonfly-Filtered-Query-Params: a,b,...`` (Rust dfdaemon) and ``X-Dragonfly-Filter: a&b&...`` (legacy Go)
     Query keys dropped from the task identity, so differently signed URLs of one object
     share one task.  **Sending the header replaces dfdaemon's own default list**, so the
-    list always starts with :data:`~dfrepo.dragonfly.taskid.DEFAULT_FILTERED_QUERY_PARAMS`,
+    list always starts with :data:`~dfrepo.dragonfly.urlcanon.DEFAULT_FILTERED_QUERY_PARAMS`,
     adds :data:`AZURE_SAS_QUERY_PARAMS` for Azure URLs (:func:`is_azure_sas_url`), then
     ``cfg.filter``.  The Azure keys are added only for Azure URLs because short names such
     as ``sp``, ``st`` or ``sr`` may identify content on other servers, and merging two
@@ -35,7 +35,7 @@ from urllib.parse import unquote, urlsplit
 from ..errors import ConfigError
 from ..values import normalize_etag
 from .config import DragonflyConfig
-from .taskid import DEFAULT_FILTERED_QUERY_PARAMS
+from .urlcanon import DEFAULT_FILTERED_QUERY_PARAMS
 
 __all__ = [
     "AZURE_SAS_QUERY_PARAMS",
