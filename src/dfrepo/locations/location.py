@@ -1,4 +1,7 @@
-"""The parsed forms of a Triton repository location: one frozen value per store."""
+"""The parsed forms of a Triton repository location: one frozen value per store.
+
+The public names are listed by :mod:`dfrepo.locations`.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Union
 from urllib.parse import quote
-
-__all__ = [
-    "AZURE_DEFAULT_SUFFIX",
-    "GCS_DEFAULT_ENDPOINT",
-    "AnyLocation",
-    "AzureLocation",
-    "GCSLocation",
-    "LocalLocation",
-    "Location",
-    "S3Location",
-]
 
 GCS_DEFAULT_ENDPOINT = "https://storage.googleapis.com"
 AZURE_DEFAULT_SUFFIX = ".blob.core.windows.net"
