@@ -77,23 +77,20 @@ def list_model(
         return list_local(location)
     if creds is None:
         creds = resolve_credentials(location, credential_path=credential_path, env=env)
-    expected = {S3Location: S3Credentials, GCSLocation: GCSCredentials,
-                AzureLocation: AzureCredentials}[type(location)]
-    if not isinstance(creds, expected):
-        raise CredentialsError(
-            f"{location.display} needs {expected.__name__}, got {type(creds).__name__}",
-            provider=location.scheme)
-    if isinstance(location, S3Location):
+    if isinstance(location, S3Location) and isinstance(creds, S3Credentials):
         from .s3 import list_s3
 
-        return list_s3(location, creds, expiry=expiry, timeout=timeout,  # type: ignore[arg-type]
-                       **backend_options)
-    if isinstance(location, GCSLocation):
+        return list_s3(location, creds, expiry=expiry, timeout=timeout, **backend_options)
+    if isinstance(location, GCSLocation) and isinstance(creds, GCSCredentials):
         from .gcs import list_gcs
 
-        return list_gcs(location, creds, expiry=expiry, timeout=timeout,  # type: ignore[arg-type]
-                        **backend_options)
-    from .azure import list_azure
+        return list_gcs(location, creds, expiry=expiry, timeout=timeout, **backend_options)
+    if isinstance(location, AzureLocation) and isinstance(creds, AzureCredentials):
+        from .azure import list_azure
 
-    return list_azure(location, creds, expiry=expiry, timeout=timeout,  # type: ignore[arg-type]
-                      **backend_options)
+        return list_azure(location, creds, expiry=expiry, timeout=timeout, **backend_options)
+    expected = {S3Location: S3Credentials, GCSLocation: GCSCredentials,
+                AzureLocation: AzureCredentials}[type(location)]
+    raise CredentialsError(
+        f"{location.display} needs {expected.__name__}, got {type(creds).__name__}",
+        provider=location.scheme)

@@ -29,7 +29,7 @@ from ..locations import AZURE_DEFAULT_SUFFIX, AzureLocation
 from ..objects import RemoteObject
 from ..safepaths import safe_relpath
 from ..values import normalize_etag
-from ._common import b64_to_hex, check_expiry, finish, is_dir_marker
+from ._common import b64_to_hex, finish, is_dir_marker
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +91,10 @@ def _translate(exc: BaseException, location: AzureLocation, creds: AzureCredenti
 
 def list_azure(
     location: AzureLocation,
-    creds: AzureCredentials | None = None,
+    creds: AzureCredentials,
     *,
-    expiry: int = 900,
-    timeout: float = 30.0,
+    expiry: int,
+    timeout: float,
 ) -> list[RemoteObject]:
     """List ``location`` recursively and make a read-only SAS URL for every blob."""
     import azure.core.exceptions as aexc
@@ -105,8 +105,6 @@ def list_azure(
         generate_blob_sas,
     )
 
-    check_expiry(expiry)
-    creds = creds or AzureCredentials()
     account, endpoint = _account_and_endpoint(location, creds)
     credential: Any
     if creds.auth_type == "key":

@@ -42,7 +42,7 @@ from ..errors import ConfigError, CredentialsError, ObjectNotFoundError, StoreEr
 from ..locations import GCSLocation
 from ..objects import RemoteObject
 from ..safepaths import safe_relpath
-from ._common import b64_to_hex, check_expiry, finish, is_dir_marker
+from ._common import b64_to_hex, finish, is_dir_marker
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +148,10 @@ def _translate(exc: BaseException, location: GCSLocation, creds: GCSCredentials)
 
 def list_gcs(
     location: GCSLocation,
-    creds: GCSCredentials | None = None,
+    creds: GCSCredentials,
     *,
-    expiry: int = 900,
-    timeout: float = 30.0,
+    expiry: int,
+    timeout: float,
     signing: str = "auto",
 ) -> list[RemoteObject]:
     """List ``location`` recursively; sign (or authorize) a GET for every object.
@@ -166,10 +166,8 @@ def list_gcs(
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
-    check_expiry(expiry)
     if signing not in SIGNING_MODES:
         raise ConfigError(f"signing must be one of {SIGNING_MODES}", source="arg", key="signing")
-    creds = creds or GCSCredentials()
     gcreds = google_credentials(creds, anonymous_if_missing=location.is_emulator)
     mode = _signing_mode(gcreds) if signing == "auto" else signing
     list_creds = AnonymousCredentials() if location.is_emulator else gcreds

@@ -24,7 +24,7 @@ from ..objects import RemoteObject
 from ..redact import redact_inline
 from ..safepaths import safe_relpath
 from ..values import normalize_etag
-from ._common import check_expiry, finish, is_dir_marker, s3_etag_md5
+from ._common import finish, is_dir_marker, s3_etag_md5
 
 log = logging.getLogger(__name__)
 
@@ -146,10 +146,10 @@ def _translate(exc: BaseException, location: S3Location, creds: S3Credentials) -
 
 def list_s3(
     location: S3Location,
-    creds: S3Credentials | None = None,
+    creds: S3Credentials,
     *,
-    expiry: int = 900,
-    timeout: float = 30.0,
+    expiry: int,
+    timeout: float,
     trust_etag_md5: bool = True,
     page_size: int | None = None,
 ) -> list[RemoteObject]:
@@ -159,8 +159,6 @@ def list_s3(
     """
     import botocore.exceptions
 
-    check_expiry(expiry)
-    creds = creds or S3Credentials()
     if location.quirk and ":" in location.bucket:
         raise LocationError(f"{redact_inline(location.raw)!r}: {location.quirk}; "
                             "rename the key or use the plain s3://bucket/... form",
