@@ -25,10 +25,10 @@ from dfrepo.cache import (
     ModelCache,
     cache_key,
     default_cache_dir,
-    parse_size,
 )
 from dfrepo.engine.settings import TransferConfig
 from dfrepo.objects import RemoteObject
+from dfrepo.values import parse_size
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 MiB = 1024 * 1024
@@ -304,7 +304,7 @@ _KILLED_SCRIPT = textwrap.dedent("""
     import errno, os, sys, time
     sys.path.insert(0, {src!r})
     from pathlib import Path
-    import dfrepo.cache as c
+    import dfrepo.cache.model_cache as c
     from dfrepo.objects import RemoteObject
 
     def no_link(*a, **k):
@@ -316,7 +316,7 @@ _KILLED_SCRIPT = textwrap.dedent("""
         time.sleep(60)
 
     os.link = no_link
-    c._copy_fd = slow_copy
+    c.copy_fd = slow_copy
     data = Path(sys.argv[2]).read_bytes()
     o = RemoteObject("w", len(data), "http://h/w?sig=x", version="v", source="s3://b/w")
     c.ModelCache(sys.argv[1]).store(o, Path(sys.argv[2]))

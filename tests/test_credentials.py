@@ -19,6 +19,8 @@ from dfrepo.credentials import (
 )
 from dfrepo.errors import CredentialsError
 from dfrepo.locations import parse_location
+from dfrepo.stores.gcs import google_credentials
+from dfrepo.stores.s3 import boto3_session
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-SECRETVALUE"
 TOKEN = "FwoGZXIvYXdzEJr-SESSIONTOKEN"
@@ -239,36 +241,36 @@ def test_reprs_hide_secrets() -> None:
 
 def test_boto3_session_from_static_creds() -> None:
     s3 = S3Credentials(key_id="AKIA", secret_key=SECRET, region="eu-west-1")
-    session = s3.boto3_session()
+    session = boto3_session(s3)
     frozen = session.get_credentials().get_frozen_credentials()
     assert (frozen.access_key, frozen.secret_key) == ("AKIA", SECRET)
     assert session.region_name == "eu-west-1"
     with pytest.raises(CredentialsError, match="profile 'nope-profile'"):
-        S3Credentials(profile="nope-profile").boto3_session()
+        boto3_session(S3Credentials(profile="nope-profile"))
 
 
 def test_gcs_load(tmp_path: Path) -> None:
     from google.auth.credentials import AnonymousCredentials
 
-    assert isinstance(GCSCredentials().load(anonymous_if_missing=True), AnonymousCredentials)
+    assert isinstance(google_credentials(GCSCredentials(), anonymous_if_missing=True), AnonymousCredentials)
     with pytest.raises(CredentialsError, match="cannot read GCS credential file"):
-        GCSCredentials(service_account_path=str(tmp_path / "missing.json")).load()
+        google_credentials(GCSCredentials(service_account_path=str(tmp_path / "missing.json")))
     bad = tmp_path / "bad.json"
     bad.write_text('{"type": "service_account", "private_key": "' + SECRET + '"}')
     with pytest.raises(CredentialsError) as exc:
-        GCSCredentials(service_account_path=str(bad)).load()
+        google_credentials(GCSCredentials(service_account_path=str(bad)))
     assert SECRET not in str(exc.value)
     notjson = tmp_path / "nj.json"
     notjson.write_text(SECRET)
     with pytest.raises(CredentialsError, match="not valid JSON") as exc:
-        GCSCredentials(service_account_path=str(notjson)).load()
+        google_credentials(GCSCredentials(service_account_path=str(notjson)))
     assert SECRET not in str(exc.value)
 
 
 def test_gcs_load_service_account(tmp_path: Path, sa_key_file: str) -> None:
     from google.oauth2 import service_account
 
-    creds = GCSCredentials(service_account_path=sa_key_file).load()
+    creds = google_credentials(GCSCredentials(service_account_path=sa_key_file))
     assert isinstance(creds, service_account.Credentials)
 
 

@@ -1,28 +1,27 @@
-"""Request headers (both filter dialects, tag/version, merge), canonical URLs, error mapping."""
+"""Request headers (both filter dialects, tag/version, merge), error mapping (engine.exchange)."""
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Mapping
+from types import SimpleNamespace
 from urllib.parse import quote
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from urllib3 import HTTPHeaderDict
 
 from dfrepo.dragonfly import (
     AZURE_SAS_QUERY_PARAMS,
     DEFAULT_FILTERED_QUERY_PARAMS,
     DragonflyConfig,
-    canonical_request_url,
-    classify_response,
-    errors_map,
     is_azure_sas_url,
-    note_direct_fallback,
     request_headers,
     task_id,
     task_id_for_request,
     version_tag,
 )
+from dfrepo.engine.exchange import status_error
 from dfrepo.errors import ConfigError, HTTPStatusError
 
 S3_BARE = "https://models.s3.us-east-1.amazonaws.com/llama/1/model.safetensors"
@@ -98,7 +97,6 @@ def test_any_signature_values_give_the_same_id(which, values, canon):
         "gcs": f"{GCS_BARE}?generation=17",
         "azure": f"{AZ_BARE}?versionid=2026-01-01",
     }[which]
-    url = canonical_request_url(url)
     assert task_id_for_request(url, request_headers(cfg, url), canonicalization=canon) == task_id_for_request(
         reference, request_headers(cfg, url), canonicalization=canon
     )
@@ -185,33 +183,12 @@ def test_tag_header_in_config_is_hoisted_so_the_version_still_applies():
     assert request_headers(cfg, S3, version="v2")["X-Dragonfly-Tag"] == "team@v2"
 
 
-@pytest.mark.parametrize(
-    ("url", "expected"),
-    [
-        ("HTTPS://Models.S3.Amazonaws.com:443/k?b=2&X-Amz-Signature=s%2Fig&a=1#frag",
-         "https://models.s3.amazonaws.com/k?X-Amz-Signature=s%2Fig&a=1&b=2"),
-        ("http://Minio:80/b/k?z=1&z=0&a", "http://minio/b/k?a&z=1&z=0"),
-        ("http://minio:9000/b/k", "http://minio:9000/b/k"),
-        ("https://h.example", "https://h.example/"),
-        ("https://h.example/k?&&x=1&", "https://h.example/k?x=1"),
-    ],
-)  # fmt: skip
-def test_canonical_request_url(url, expected):
-    assert canonical_request_url(url) == expected
+# --------------------------------------------------------------------------- error mapping
 
 
-def test_canonical_request_url_keeps_signature_bytes():
-    out = canonical_request_url(AZ)
-    for segment in AZ.split("?", 1)[1].split("&"):
-        assert segment in out.split("?", 1)[1].split("&")
-
-
-# --------------------------------------------------------------------------- errors_map
-
-
-def test_success_is_none():
-    assert classify_response(200, {}, S3) is None
-    assert classify_response(206, {"X-Dragonfly-Error-Type": "backend"}, S3) is None
+def error_for(status: int, headers: Mapping[str, str], url: str) -> HTTPStatusError:
+    """The engine's error for a proxied answer with *status* and *headers*."""
+    return status_error(SimpleNamespace(status=status, headers=HTTPHeaderDict(headers)), url, None)  # type: ignore[arg-type]  # a stand-in for the urllib3 response
 
 
 @pytest.mark.parametrize(
@@ -223,7 +200,7 @@ def test_success_is_none():
 )  # fmt: skip
 def test_classify_response(status, etype, retryable):
     headers = {"x-dragonfly-error-type": etype.upper()} if etype else {}
-    err = classify_response(status, headers, S3)
+    err = error_for(status, headers, S3)
     assert isinstance(err, HTTPStatusError)
     assert err.status == status and err.error_type == etype and err.retryable is retryable
     assert "0123abcd" not in str(err) and "0123abcd" not in repr(err.__reduce__())
@@ -231,22 +208,11 @@ def test_classify_response(status, etype, retryable):
 
 
 def test_backend_error_keeps_origin_status_and_azure_code():
-    err = classify_response(403, {"X-Dragonfly-Error-Type": "backend", "x-ms-error-code": "AuthenticationFailed"}, AZ)
+    err = error_for(403, {"X-Dragonfly-Error-Type": "backend", "x-ms-error-code": "AuthenticationFailed"}, AZ)
     assert err.status == 403 and "AuthenticationFailed" in str(err) and "origin" in str(err)
     assert "AbC" not in str(err)
 
 
 def test_classify_accepts_urllib3_header_dict():
-    from urllib3 import HTTPHeaderDict
-
-    err = classify_response(429, HTTPHeaderDict({"X-Dragonfly-Error-Type": "proxy"}), S3)
+    err = error_for(429, HTTPHeaderDict({"X-Dragonfly-Error-Type": "proxy"}), S3)
     assert err.error_type == "proxy" and err.retryable
-
-
-def test_note_direct_fallback_logs_once(caplog, monkeypatch):
-    monkeypatch.setattr(errors_map, "_fallback_noted", set())
-    with caplog.at_level(logging.WARNING, logger="dfrepo.dragonfly"):
-        assert note_direct_fallback("http://user:pw@127.0.0.1:4001", "ConnectionRefusedError")
-        assert not note_direct_fallback("http://user:pw@127.0.0.1:4001", "again")
-    (record,) = caplog.records
-    assert "ConnectionRefusedError" in record.getMessage() and "pw" not in record.getMessage()

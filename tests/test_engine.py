@@ -17,6 +17,7 @@ from dfrepo import errors
 from dfrepo.engine.settings import MiB, TransferConfig
 from dfrepo.engine import DownloadRequest, Downloader, download
 from dfrepo.engine.fs import FileSystem
+from dfrepo.redact import redact_url
 from faultservers import FaultProxy, Knobs, RangeServer
 
 IMPLS = ["python"] + (["cython"] if dfrepo.implementation() == "cython" else [])
@@ -303,8 +304,8 @@ def test_errors_pickle_and_redact() -> None:
         clone = pickle.loads(pickle.dumps(err))
         assert type(clone) is type(err) and clone.__dict__ == err.__dict__
         assert "deadbeef" not in repr(err.__dict__) and "AKIA" not in repr(err.__dict__)
-    assert errors.redact_url(url) == "https://bucket.s3.amazonaws.com/k?<redacted>"
-    assert errors.redact_url("http://user:pw@h:81/p") == "http://h:81/p"
+    assert redact_url(url) == "https://bucket.s3.amazonaws.com/k?<redacted>"
+    assert redact_url("http://user:pw@h:81/p") == "http://h:81/p"
 
 
 def test_config_validation() -> None:

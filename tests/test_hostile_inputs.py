@@ -39,9 +39,8 @@ from dfrepo.locations import (
     LocalLocation,
     S3Location,
     parse_location,
-    safe_join,
-    safe_relpath,
 )
+from dfrepo.safepaths import safe_join, safe_relpath
 from dfrepo.pull import pull
 from dfrepo.engine.plan import MIN_DIRECT_RANGE, SMALL_TO_SOURCE, MiB, auto_piece_length, plan_spans
 
@@ -512,7 +511,7 @@ def test_fuzz_credential_file(tmp_path_factory: pytest.TempPathFactory, blob: by
 @FUZZ
 @given(st.text(max_size=120))
 def test_fuzz_redact_url_never_leaks_query(text: str) -> None:
-    from dfrepo.errors import redact_url
+    from dfrepo.redact import redact_url
 
     out = redact_url(text)
     query = text.partition("?")[2]

@@ -15,9 +15,8 @@ from dfrepo.locations import (
     LocalLocation,
     S3Location,
     parse_location,
-    safe_join,
-    safe_relpath,
 )
+from dfrepo.safepaths import safe_join, safe_relpath
 
 NOENV: dict[str, str] = {}
 

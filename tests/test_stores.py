@@ -24,8 +24,9 @@ from dfrepo.errors import (
 )
 from dfrepo.locations import parse_location
 from dfrepo.objects import RemoteObject
-from dfrepo.stores import list_model
-from dfrepo.stores._common import b64_to_hex, finish, s3_etag_md5, strip_etag
+from dfrepo.stores import gcs, list_model
+from dfrepo.stores._common import b64_to_hex, finish, s3_etag_md5
+from dfrepo.values import normalize_etag
 
 BIN_SIZE = 3 * 1024 * 1024 + 17
 
@@ -72,7 +73,7 @@ def check_listing(objs: list[RemoteObject], files: dict[str, bytes]) -> None:
 
 
 def test_common_helpers() -> None:
-    assert strip_etag('"abc"') == "abc" and strip_etag('W/"x"') == "x" and strip_etag(None) is None
+    assert normalize_etag('"abc"') == "abc" and normalize_etag('W/"x"') == "x" and normalize_etag(None) is None
     assert s3_etag_md5("0123456789abcdef0123456789ABCDEF") == "0123456789abcdef0123456789abcdef"
     assert s3_etag_md5("0123456789abcdef0123456789abcdef-2") is None
     digest = hashlib.md5(b"x").digest()
@@ -489,7 +490,7 @@ def test_gcs_bearer_fallback(fake_gcs: Any, tmp_path: Path, monkeypatch: pytest.
     files = make_model_dir(tmp_path / "model")
     _upload("gs", fake_gcs, "models", "bearer/toy", tmp_path / "model")
     loc = parse_location("gs://models/bearer/toy", gcs_endpoint=fake_gcs.endpoint)
-    monkeypatch.setattr(GCSCredentials, "load", lambda self, **kw: _TokenOnly())
+    monkeypatch.setattr(gcs, "google_credentials", lambda creds, **kw: _TokenOnly())
     objs = list_model(loc, GCSCredentials())
     check_listing(objs, files)  # the emulator ignores the header, but it is sent
     for obj in objs:
@@ -513,7 +514,7 @@ def test_gcs_iam_failure_falls_back(fake_gcs: Any, tmp_path: Path,
         raise signing.exceptions.TransportError("403 iam.serviceAccounts.signBlob denied")
 
     monkeypatch.setattr(signing, "_sign_message", refuse)
-    monkeypatch.setattr(GCSCredentials, "load", lambda self, **kw: _MetadataLike())
+    monkeypatch.setattr(gcs, "google_credentials", lambda creds, **kw: _MetadataLike())
     objs = list_model(loc, GCSCredentials())
     assert calls == ["signBlob"]  # tried once, then bearer for every object
     assert all(o.headers == {"Authorization": "Bearer ya29.TOKEN-SECRET"} for o in objs)

@@ -274,6 +274,19 @@ cdef _raise_code(ssize_t code, object url, object rng, long long expected, long 
     raise OSError(-code, strerror(-code).decode())
 
 
+cdef long long _advance(long long done, ssize_t got, int werr, object cursor,
+                        object progress) except -1:
+    """Account for one chunk of *got* bytes: raise the pwrite error *werr*, else move
+    ``cursor.written`` past it and report it to *progress*; returns the new total."""
+    if werr:
+        raise OSError(-werr, strerror(-werr).decode())
+    done += got
+    cursor.written = done
+    if progress is not None:
+        progress(got)
+    return done
+
+
 def copy_body(object body, int fd, long long offset, long long length, object buf,
               object cursor, object progress=None, str mode="auto", object url=None,
               object byte_range=None):
@@ -312,12 +325,7 @@ def copy_body(object body, int fd, long long offset, long long length, object bu
     if pre:
         pos = <off_t>(offset)
         werr = _write_all(fd, <const char *>pre, len(pre), pos)
-        if werr:
-            raise OSError(-werr, strerror(-werr).decode())
-        done += len(pre)
-        cursor.written = done
-        if progress is not None:
-            progress(len(pre))
+        done = _advance(done, len(pre), werr, cursor, progress)
 
     if sockfd >= 0 and length > 0:
         use_splice = mode == "splice"
@@ -346,12 +354,7 @@ def copy_body(object body, int fd, long long offset, long long length, object bu
                         werr = _write_all(fd, cbuf, <size_t>got, pos) if got > 0 else 0
                 if got <= 0:
                     _raise_code(got, url, byte_range, length, done)
-                if werr:
-                    raise OSError(-werr, strerror(-werr).decode())
-                done += got
-                cursor.written = done
-                if progress is not None:
-                    progress(got)
+                done = _advance(done, got, werr, cursor, progress)
         finally:
             if lowat != 1:
                 _set_lowat(sockfd, &lowat, 1)
@@ -370,10 +373,5 @@ def copy_body(object body, int fd, long long offset, long long length, object bu
         pos = <off_t>(offset + done)
         with nogil:
             werr = _write_all(fd, cbuf, <size_t>got, pos)
-        if werr:
-            raise OSError(-werr, strerror(-werr).decode())
-        done += got
-        cursor.written = done
-        if progress is not None:
-            progress(got)
+        done = _advance(done, got, werr, cursor, progress)
     return done

@@ -29,8 +29,10 @@ Resolution for one location (:func:`resolve_credentials`):
    ``DefaultAzureCredential`` (or ``ManagedIdentityCredential`` for
    ``auth_type=managed_identity``).
 
+This module only decides *which* credentials apply and returns them as typed values;
+each store builds its SDK objects from them (:mod:`dfrepo.stores.s3`,
+:mod:`~dfrepo.stores.gcs`, :mod:`~dfrepo.stores.azure`), so no cloud SDK is imported here.
 Credential objects never show secrets in ``repr`` and no message here quotes one.
-No cloud SDK is imported at module import time.
 """
 
 from __future__ import annotations
@@ -88,32 +90,6 @@ class S3Credentials:
             f"profile={self.profile!r}, source={self.source!r})"
         )
 
-    def boto3_session(self) -> Any:
-        """A ``boto3.Session`` following Triton's order: static keys, profile, default."""
-        try:
-            import boto3
-            import botocore.exceptions
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise CredentialsError("s3:// needs boto3 (pip install 'dfrepo[s3]')",
-                                   provider="s3", source=self.source) from exc
-        try:
-            if self.is_static:
-                return boto3.Session(
-                    aws_access_key_id=self.key_id,
-                    aws_secret_access_key=self.secret_key,
-                    aws_session_token=self.session_token or None,
-                    region_name=self.region or None,
-                )
-            if self.profile:
-                return boto3.Session(profile_name=self.profile, region_name=self.region or None)
-            return boto3.Session(region_name=self.region or None)
-        except botocore.exceptions.ProfileNotFound as exc:
-            raise CredentialsError(f"AWS profile {self.profile!r} not found ({self.source})",
-                                   provider="s3", source=self.source) from exc
-        except botocore.exceptions.BotoCoreError as exc:
-            raise CredentialsError(f"cannot set up AWS credentials ({self.source}): "
-                                   f"{type(exc).__name__}", provider="s3", source=self.source) from exc
-
 
 @dataclass(frozen=True)
 class GCSCredentials:
@@ -122,60 +98,6 @@ class GCSCredentials:
     service_account_path: str | None = None
     source: str = "default-chain"
     provider = "gs"
-
-    def load(self, *, anonymous_if_missing: bool = False) -> Any:
-        """Return a ``google.auth`` credentials object.
-
-        Order (Triton's): the JSON file; else ADC (which includes metadata credentials);
-        else anonymous.  ``anonymous_if_missing=True`` (emulators) skips ADC so nothing
-        probes the metadata server.
-        """
-        try:
-            import google.auth
-            import google.auth.exceptions
-            from google.auth.credentials import AnonymousCredentials
-        except ImportError as exc:  # pragma: no cover
-            raise CredentialsError("gs:// needs google-auth (pip install 'dfrepo[gcs]')",
-                                   provider="gs", source=self.source) from exc
-        scopes = ["https://www.googleapis.com/auth/devstorage.read_only"]
-        if self.service_account_path:
-            path = self.service_account_path
-            try:
-                with open(path, encoding="utf-8") as fh:
-                    info = json.load(fh)
-            except OSError as exc:
-                raise CredentialsError(
-                    f"cannot read GCS credential file {path!r} ({self.source}): {exc.strerror}",
-                    provider="gs", source=self.source) from None
-            except ValueError:
-                raise CredentialsError(f"GCS credential file {path!r} is not valid JSON",
-                                       provider="gs", source=self.source) from None
-            if not isinstance(info, dict) or "type" not in info:
-                raise CredentialsError(f"GCS credential file {path!r} has no 'type' key",
-                                       provider="gs", source=self.source)
-            try:
-                if info["type"] == "service_account":
-                    from google.oauth2 import service_account
-
-                    return service_account.Credentials.from_service_account_info(info, scopes=scopes)
-                if info["type"] == "authorized_user":
-                    from google.oauth2 import credentials as user_credentials
-
-                    return user_credentials.Credentials.from_authorized_user_info(info, scopes=scopes)
-                creds, _ = google.auth.load_credentials_from_dict(info, scopes=scopes)
-                return creds
-            except (ValueError, KeyError, google.auth.exceptions.GoogleAuthError) as exc:
-                # Their messages can quote fields of the file; name only the type.
-                raise CredentialsError(
-                    f"GCS credential file {path!r} (type {info.get('type')!r}) is malformed: "
-                    f"{type(exc).__name__}", provider="gs", source=self.source) from None
-        if anonymous_if_missing:
-            return AnonymousCredentials()
-        try:
-            creds, _ = google.auth.default(scopes=scopes)
-            return creds
-        except google.auth.exceptions.DefaultCredentialsError:
-            return AnonymousCredentials()
 
 
 @dataclass(frozen=True)
@@ -195,20 +117,6 @@ class AzureCredentials:
             f"account_key={_mask(self.account_key)}, auth_type={self.auth_type!r}, "
             f"client_id={self.client_id!r}, source={self.source!r})"
         )
-
-    def token_credential(self) -> Any:
-        """The azure-identity credential for ``managed_identity`` / ``default``."""
-        try:
-            from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
-        except ImportError as exc:  # pragma: no cover
-            raise CredentialsError("as:// with identity auth needs azure-identity "
-                                   "(pip install 'dfrepo[azure]')", provider="as",
-                                   source=self.source) from exc
-        if self.auth_type == "managed_identity":
-            return ManagedIdentityCredential(client_id=self.client_id or None)
-        if self.client_id:
-            return DefaultAzureCredential(managed_identity_client_id=self.client_id)
-        return DefaultAzureCredential()
 
 
 Credentials = Union[S3Credentials, GCSCredentials, AzureCredentials]

@@ -5,13 +5,15 @@ Every error dfrepo raises on purpose is a :class:`DfrepoError`.  Disk errors fro
 says what happened: ``ENOSPC``, ``EROFS`` ...).
 
 Messages never carry a URL's query string or an auth header: presigned URLs hold
-signatures.  Every class that takes a URL runs it through :func:`redact_url` first.
+signatures.  Every class that takes a URL runs it through
+:func:`~dfrepo.redact.redact_url` first.
 """
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+
+from .redact import redact_url
 
 __all__ = [
     "DfrepoError",
@@ -32,41 +34,7 @@ __all__ = [
     "CacheError",
     "RepoAgentError",
     "DfrepoWarning",
-    "redact_url",
 ]
-
-
-def redact_url(url: str | None) -> str:
-    """Return *url* without query, fragment or userinfo; safe for logs and messages.
-
-    >>> redact_url("https://u:p@h.example/b/k?X-Amz-Signature=abc")
-    'https://h.example/b/k?<redacted>'
-    """
-    if not url:
-        return ""
-    if url.startswith(("s3://", "gs://", "as://", "file://")):
-        # Repository locations (Triton's s3://http://host:port/... nests a URL): keep the
-        # text, drop anything after "?" (locations carry no secrets otherwise).
-        head, sep, _ = url.partition("?")
-        return head + ("?<redacted>" if sep else "")
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable url>"
-    if not parts.scheme or not parts.netloc:
-        # Not a URL (a path, a location string): still drop anything after "?".
-        head, sep, _ = url.partition("?")
-        return head + ("?<redacted>" if sep else "")
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    netloc = host + (f":{port}" if port else "")
-    clean = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-    return clean + ("?<redacted>" if parts.query else "")
 
 
 class DfrepoError(Exception):

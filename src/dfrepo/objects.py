@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import redact_url
+from .redact import redact_url
 
 
 @dataclass(frozen=True)

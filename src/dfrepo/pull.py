@@ -35,8 +35,9 @@ from .engine import (
 )
 from .engine.fs import FileSystem
 from .errors import ConfigError
-from .locations import AnyLocation, LocalLocation, safe_join
+from .locations import AnyLocation, LocalLocation
 from .objects import RemoteObject
+from .safepaths import safe_join
 from .settings import ObjectCache, PullSettings, resolve
 
 __all__ = ["ObjectCache", "PullResult", "bytes_by_delivery", "pull", "pull_with"]

@@ -40,6 +40,7 @@ from .environment import (
 from .errors import ConfigError
 from .locations import AnyLocation, parse_location
 from .objects import RemoteObject
+from .values import FALSE_WORDS, TRUE_WORDS
 
 __all__ = [
     "ObjectCache",
@@ -51,8 +52,8 @@ __all__ = [
     "resolve_location",
 ]
 
-_CACHE_OFF = frozenset({"off", "false", "no", "0", "none"})
-_CACHE_ON = frozenset({"on", "true", "yes", "1"})
+_CACHE_OFF = FALSE_WORDS | {"none"}
+_CACHE_ON = TRUE_WORDS
 
 
 class ObjectCache(Protocol):

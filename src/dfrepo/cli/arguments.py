@@ -26,7 +26,7 @@ def parse_duration(text: str) -> float:
 
 def size_arg(text: str) -> int:
     """A byte size flag (``20GiB``)."""
-    from ..cache import parse_size
+    from ..values import parse_size
 
     try:
         return parse_size(text)

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any, TextIO
 
-from ..cache import redact_inline
+from ..redact import redact_urls
 from ..errors import (
     ConfigError,
     CredentialsError,
@@ -81,7 +81,6 @@ def exit_code_for(exc: BaseException) -> int:
 
 # --------------------------------------------------------------------------- secret hygiene
 
-_URL_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>()\[\]]*[^\s'\"<>()\[\]?]")
 _SECRET_PARAM_RE = re.compile(
     r"(?i)\b((?:x-amz|x-goog)-[a-z\-]*(?:signature|credential|security-token)|signature|sig|token"
     r"|access_?token|secret[a-z_]*|password|passwd)=[^&\s'\"]+")
@@ -89,7 +88,7 @@ _SECRET_PARAM_RE = re.compile(
 
 def scrub(text: str) -> str:
     """*text* with every URL's userinfo and query redacted and ``sig=...`` values masked."""
-    text = _URL_RE.sub(lambda m: redact_inline(m.group(0)), text)
+    text = redact_urls(text)
     return _SECRET_PARAM_RE.sub(lambda m: f"{m.group(1)}=<redacted>", text)
 
 

@@ -17,7 +17,8 @@ from urllib.parse import unquote, urlsplit
 from .._progress import format_bytes, format_rate, make_progress
 from ..dragonfly import DragonflyConfig
 from ..engine import ProgressCallback, TransferConfig
-from ..errors import ConfigError, redact_url
+from ..errors import ConfigError
+from ..redact import redact_url
 from ..settings import PullSettings, credential_file, resolve, resolve_dragonfly, resolve_location
 from .output import EXIT_OK, Out
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..errors import RepoAgentError, redact_url
+from ..errors import RepoAgentError
+from ..redact import redact_url
 from ..settings import resolve_dragonfly
 from .output import EXIT_OK, Out
 

@@ -4,8 +4,8 @@
 * :mod:`.fields`: the parser of each setting's value (the one proxy rule: plain http).
 * :mod:`.loading`: ``dragonfly_config.json``, the environment and overrides.
 * :mod:`.headers`: request headers (filter in both dialects, Use-P2P, Tag with version).
-* :mod:`.taskid`: task IDs exactly as dfdaemon computes them (canonicalizations A and B).
-* :mod:`.errors_map`: ``X-Dragonfly-Error-Type`` -> :class:`~dfrepo.errors.HTTPStatusError`.
+* :mod:`.taskid`: task IDs exactly as dfdaemon computes them.
+* :mod:`.urlcanon`: the URL string they hash (canonicalizations A and B).
 
 Stdlib only; nothing here opens a connection.
 """
@@ -26,21 +26,19 @@ from .loading import (
 )
 from .headers import (
     AZURE_SAS_QUERY_PARAMS,
-    canonical_request_url,
     filtered_query_params,
     is_azure_sas_url,
     request_headers,
     version_tag,
 )
 from .taskid import (
-    DEFAULT_FILTERED_QUERY_PARAMS,
     TASK_ID_HEADER,
-    canonical_url,
     check_task_id,
     parse_byte_size,
     task_id,
     task_id_for_request,
 )
+from .urlcanon import DEFAULT_FILTERED_QUERY_PARAMS, canonical_url
 
 __all__ = [
     "AZURE_SAS_QUERY_PARAMS",
@@ -48,21 +46,17 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "DEFAULT_FILTERED_QUERY_PARAMS",
     "DEFAULT_PROXY",
-    "ERROR_TYPE_HEADER",
     "OVERRIDE_KEYS",
     "PROXY_ENV_VARS",
     "TASK_ID_HEADER",
     "DragonflyConfig",
-    "canonical_request_url",
     "canonical_url",
     "check_task_id",
-    "classify_response",
     "default_config_path",
     "filtered_query_params",
     "is_azure_sas_url",
     "is_override_key",
     "load_dragonfly_config",
-    "note_direct_fallback",
     "parse_byte_size",
     "request_headers",
     "task_id",

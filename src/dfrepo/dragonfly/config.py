@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
-from ..errors import redact_url
+from ..redact import redact_url
 from .fields import (
     FILTER_DIALECTS,
     MAX_PIECE_LENGTH,

@@ -43,8 +43,8 @@ from ..errors import (
     HTTPStatusError,
     ProxyUnavailableError,
     TransferError,
-    redact_url,
 )
+from ..redact import redact_url, redact_urls
 from .config import DragonflyConfig
 from .headers import filtered_query_params, version_tag
 
@@ -57,7 +57,6 @@ DEFAULT_SOCKET = "/var/run/dragonfly/dfdaemon.sock"
 
 # gRPC status codes after which the same call may succeed (the daemon restarts, is busy).
 _RETRYABLE = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "ABORTED", "CANCELLED"})
-_URLISH = re.compile(r"(\w+://[^\s\"'?]*)\?[^\s\"']*")
 # A stream the transport lost (the daemon died or reset it): like a broken connection.
 _BROKEN_STREAM = re.compile(r"stream removed|socket closed|connection reset|broken pipe|RST_STREAM", re.IGNORECASE)
 _LINK_FAILURE = re.compile(r"hard.?link|cross-device|EXDEV|os error 18", re.IGNORECASE)
@@ -83,7 +82,7 @@ def grpc_available() -> str | None:
 
 def _scrub(text: str) -> str:
     """A daemon message without any query string (presigned URLs carry signatures)."""
-    return _URLISH.sub(r"\1?<redacted>", text)[:300]
+    return redact_urls(text)[:300]
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,9 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Callable
 
-from ..errors import ConfigError, redact_url
+from ..errors import ConfigError
+from ..redact import redact_url
+from ..values import FALSE_WORDS, TRUE_WORDS
 from .taskid import parse_byte_size
 
 __all__ = [
@@ -65,8 +67,6 @@ _FORBIDDEN_HEADERS = frozenset(
 )
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
 
 
 def setting_error(where: str | None, key: str, what: str) -> ConfigError:
@@ -131,8 +131,8 @@ def parse_proxy(value: Any, where: str | None, key: str = "proxy", loose: bool =
 def _bool(value: Any, where: str | None, key: str, loose: bool = False) -> bool:
     if isinstance(value, bool):
         return value
-    if loose and isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-        return value.strip().lower() in _TRUE
+    if loose and isinstance(value, str) and value.strip().lower() in TRUE_WORDS | FALSE_WORDS:
+        return value.strip().lower() in TRUE_WORDS
     raise setting_error(where, key, f"must be a boolean, not {type_name(value)}")
 
 

@@ -7,7 +7,7 @@ What :func:`request_headers` sends, and why:
 ``X-Dragonfly-Filtered-Query-Params: a,b,...`` (Rust dfdaemon) and ``X-Dragonfly-Filter: a&b&...`` (legacy Go)
     Query keys dropped from the task identity, so differently signed URLs of one object
     share one task.  **Sending the header replaces dfdaemon's own default list**, so the
-    list always starts with :data:`~dfrepo.dragonfly.taskid.DEFAULT_FILTERED_QUERY_PARAMS`,
+    list always starts with :data:`~dfrepo.dragonfly.urlcanon.DEFAULT_FILTERED_QUERY_PARAMS`,
     adds :data:`AZURE_SAS_QUERY_PARAMS` for Azure URLs (:func:`is_azure_sas_url`), then
     ``cfg.filter``.  The Azure keys are added only for Azure URLs because short names such
     as ``sp``, ``st`` or ``sr`` may identify content on other servers, and merging two
@@ -30,15 +30,15 @@ needs no Dragonfly headers and the user's headers may be meant for the proxy).
 
 from __future__ import annotations
 
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from ..errors import ConfigError
+from ..values import normalize_etag
 from .config import DragonflyConfig
-from .taskid import DEFAULT_FILTERED_QUERY_PARAMS, _URL
+from .urlcanon import DEFAULT_FILTERED_QUERY_PARAMS
 
 __all__ = [
     "AZURE_SAS_QUERY_PARAMS",
-    "canonical_request_url",
     "filtered_query_params",
     "is_azure_sas_url",
     "request_headers",
@@ -120,11 +120,8 @@ def version_tag(tag: str | None, version: str | None) -> str | None:
     ETag quotes and a weak ``W/`` prefix are removed, so a version read from a listing and
     from a response header agree.  ``"{tag}@{version}"``, or ``version``, or ``tag``.
     """
+    version = normalize_etag(version)
     if version is not None:
-        version = version.strip()
-        if version[:2] in ("W/", "w/"):
-            version = version[2:]
-        version = version.strip('"').strip()
         if any(ord(c) < 0x20 or ord(c) == 0x7F for c in version):
             raise ConfigError("object version contains control characters", source="store", key="version")
     if tag and version:
@@ -135,8 +132,8 @@ def version_tag(tag: str | None, version: str | None) -> str | None:
 def request_headers(cfg: DragonflyConfig, url: str, *, version: str | None = None) -> dict[str, str]:
     """Headers for ``GET url`` through the proxy of *cfg* (see the module docstring).
 
-    :param url: the URL as it will be requested (use :func:`canonical_request_url`); used
-        to pick the filter list, never copied into a header.
+    :param url: the URL as it will be requested; used to pick the filter list, never
+        copied into a header.
     :param version: the object's version evidence (S3 ETag or versionId, GCS generation,
         Azure ETag); folded into ``X-Dragonfly-Tag`` when ``cfg.version_in_task_id``.
     """
@@ -162,20 +159,3 @@ def request_headers(cfg: DragonflyConfig, url: str, *, version: str | None = Non
             del out[ours]
         out[name] = value
     return out
-
-
-def canonical_request_url(url: str) -> str:
-    """Rewrite *url* so every dfdaemon generation derives the same task ID from it.
-
-    Lowercases scheme and host, drops a default port (``:443``/``:80``) and the fragment,
-    and sorts the query parameters by decoded key (stable, so repeated keys keep their
-    order) without re-encoding them, so signatures stay valid (S3 SigV4, GCS V4 and Azure
-    SAS do not depend on parameter order).  The path is left as is.  Canonicalizations A
-    and B then agree unless a *kept* parameter contains ``*``, ``~`` or ``;``.
-    """
-    parsed = _URL(url)
-    parts = urlsplit(url.strip())
-    segments = [seg for seg in parts.query.split("&") if seg]
-    segments.sort(key=lambda seg: unquote(seg.partition("=")[0].replace("+", " "), errors="replace"))
-    scheme, _, rest = parsed.base.partition("://")
-    return urlunsplit((scheme, rest, parts.path or "/", "&".join(segments), ""))

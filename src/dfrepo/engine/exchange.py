@@ -15,8 +15,8 @@ from ..errors import (
     HTTPStatusError,
     RangeNotSupportedError,
     SourceChangedError,
-    redact_url,
 )
+from ..redact import redact_url
 from ..values import normalize_etag
 from .jobs import DownloadRequest, FileJob
 
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("dfrepo")
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+#: dfdaemon marks the errors it produces with this header (see :func:`status_error`).
+ERROR_TYPE_HEADER = "X-Dragonfly-Error-Type"
 _WHERE = {"backend": "origin (via Dragonfly)", "proxy": "Dragonfly proxy", "dfdaemon": "Dragonfly peer"}
 
 
@@ -128,10 +130,21 @@ def check_encoding(resp: urllib3.BaseHTTPResponse, url: str) -> None:
 
 
 def status_error(resp: urllib3.BaseHTTPResponse, url: str, rng: tuple[int, int] | None) -> HTTPStatusError:
-    """An unexpected status as an error naming who answered (origin, proxy, peer)."""
-    error_type = resp.headers.get("X-Dragonfly-Error-Type")
+    """An unexpected status as an error naming who answered (origin, proxy, peer).
+
+    ``X-Dragonfly-Error-Type`` (any case) says who: ``backend``, the origin answered
+    non-2xx before streaming started (the proxy drops the body, so Azure's
+    ``x-ms-error-code`` header is all the detail there is, and is quoted); ``proxy``, the
+    proxy itself refused (rate limit, auth, block list, request building); ``dfdaemon``,
+    an internal peer error (always retryable, see :attr:`HTTPStatusError.retryable`).
+    An unknown type is kept as sent (at most 40 characters).
+    """
+    raw = (resp.headers.get(ERROR_TYPE_HEADER) or "").strip()
+    error_type = (raw.lower() if raw.lower() in _WHERE else raw[:40]) or None
     where = _WHERE.get(error_type or "", "server")
-    return HTTPStatusError(f"{where} answered HTTP {resp.status} for {redact_url(url)}",
+    code = resp.headers.get("x-ms-error-code") if error_type == "backend" else None
+    detail = f" ({code[:80]})" if code else ""
+    return HTTPStatusError(f"{where} answered HTTP {resp.status}{detail} for {redact_url(url)}",
                            status=resp.status, url=url, byte_range=rng, error_type=error_type)
 
 

@@ -15,8 +15,8 @@ from ..errors import (
     IncompleteDownloadError,
     RetriesExhaustedError,
     TransferError,
-    redact_url,
 )
+from ..redact import redact_url
 from .transport import RETRYABLE_EXCEPTIONS
 
 #: Statuses that mean "too many requests from you": the adaptive limit backs off.

@@ -19,13 +19,8 @@ from urllib3.exceptions import (
     SSLError,
 )
 
-from ..errors import (
-    ConfigError,
-    IncompleteDownloadError,
-    ProxyUnavailableError,
-    TransferError,
-    redact_url,
-)
+from ..errors import ConfigError, IncompleteDownloadError, ProxyUnavailableError, TransferError
+from ..redact import redact_url
 from .settings import TransferConfig
 
 log = logging.getLogger("dfrepo")

@@ -8,7 +8,7 @@
 * ``as://`` -> :func:`dfrepo.stores.azure.list_azure` (read-only SAS)
 * local / ``file://`` -> :func:`dfrepo.stores.local.list_local` (``file://`` URLs)
 
-Every entry's ``rel_path`` passed :func:`~dfrepo.locations.safe_relpath`; directory
+Every entry's ``rel_path`` passed :func:`~dfrepo.safepaths.safe_relpath`; directory
 marker objects are skipped; the list is sorted by ``rel_path``.  An empty directory or
 missing bucket/container raises :class:`~dfrepo.errors.ObjectNotFoundError`; rejected
 credentials raise :class:`~dfrepo.errors.CredentialsError`.
@@ -39,7 +39,7 @@ from ..locations import (
 from ..objects import RemoteObject
 from ._common import DEFAULT_EXPIRY, MAX_EXPIRY, check_expiry
 
-__all__ = ["list_model", "list_objects", "DEFAULT_EXPIRY", "MAX_EXPIRY"]
+__all__ = ["list_model", "DEFAULT_EXPIRY", "MAX_EXPIRY"]
 
 
 def list_model(
@@ -77,30 +77,20 @@ def list_model(
         return list_local(location)
     if creds is None:
         creds = resolve_credentials(location, credential_path=credential_path, env=env)
-    expected = {S3Location: S3Credentials, GCSLocation: GCSCredentials,
-                AzureLocation: AzureCredentials}[type(location)]
-    if not isinstance(creds, expected):
-        raise CredentialsError(
-            f"{location.display} needs {expected.__name__}, got {type(creds).__name__}",
-            provider=location.scheme)
-    if isinstance(location, S3Location):
+    if isinstance(location, S3Location) and isinstance(creds, S3Credentials):
         from .s3 import list_s3
 
-        return list_s3(location, creds, expiry=expiry, timeout=timeout,  # type: ignore[arg-type]
-                       **backend_options)
-    if isinstance(location, GCSLocation):
+        return list_s3(location, creds, expiry=expiry, timeout=timeout, **backend_options)
+    if isinstance(location, GCSLocation) and isinstance(creds, GCSCredentials):
         from .gcs import list_gcs
 
-        return list_gcs(location, creds, expiry=expiry, timeout=timeout,  # type: ignore[arg-type]
-                        **backend_options)
-    from .azure import list_azure
+        return list_gcs(location, creds, expiry=expiry, timeout=timeout, **backend_options)
+    if isinstance(location, AzureLocation) and isinstance(creds, AzureCredentials):
+        from .azure import list_azure
 
-    return list_azure(location, creds, expiry=expiry, timeout=timeout,  # type: ignore[arg-type]
-                      **backend_options)
-
-
-def list_objects(
-    location: AnyLocation | str, credentials: Credentials | None = None, **kwargs: Any
-) -> list[RemoteObject]:
-    """The name docs/ARCHITECTURE.md uses; same as :func:`list_model`."""
-    return list_model(location, credentials, **kwargs)
+        return list_azure(location, creds, expiry=expiry, timeout=timeout, **backend_options)
+    expected = {S3Location: S3Credentials, GCSLocation: GCSCredentials,
+                AzureLocation: AzureCredentials}[type(location)]
+    raise CredentialsError(
+        f"{location.display} needs {expected.__name__}, got {type(creds).__name__}",
+        provider=location.scheme)

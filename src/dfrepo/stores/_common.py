@@ -29,15 +29,6 @@ def is_dir_marker(key: str, size: int) -> bool:
     return key.endswith("/") and size == 0
 
 
-def strip_etag(etag: str | None) -> str | None:
-    if etag is None:
-        return None
-    etag = etag.strip()
-    if etag.startswith("W/"):
-        etag = etag[2:]
-    return etag.strip('"') or None
-
-
 def s3_etag_md5(etag: str | None) -> str | None:
     """The ETag when it is a plain single-part MD5 (32 hex, no ``-N`` part count)."""
     if etag and _HEX32.match(etag.lower()):

@@ -3,9 +3,9 @@
 * Shared key (``account_key``): list with the key; each blob gets a read-only
   service SAS (``generate_blob_sas``, ``sp=r``) valid ``expiry`` seconds (start
   back-dated 5 minutes for clock skew).
-* Identity (``managed_identity`` / ``default``): list with the token credential and
-  sign with a **user delegation key** (``get_user_delegation_key``; needs the
-  *Storage Blob Delegator* role or equivalent).
+* Identity (``managed_identity`` / ``default``): list with the azure-identity token
+  credential (:func:`token_credential`) and sign with a **user delegation key**
+  (``get_user_delegation_key``; needs the *Storage Blob Delegator* role or equivalent).
 * ``anonymous`` (dfrepo extension): list anonymously; the bare blob URLs work only
   because listing did, i.e. the container is public.  A private container is
   refused at listing, so an unsigned URL is never handed out for it.
@@ -25,13 +25,30 @@ from typing import Any
 
 from ..credentials import AzureCredentials
 from ..errors import CredentialsError, ObjectNotFoundError, StoreError
-from ..locations import AZURE_DEFAULT_SUFFIX, AzureLocation, safe_relpath
+from ..locations import AZURE_DEFAULT_SUFFIX, AzureLocation
 from ..objects import RemoteObject
-from ._common import b64_to_hex, check_expiry, finish, is_dir_marker, strip_etag
+from ..safepaths import safe_relpath
+from ..values import normalize_etag
+from ._common import b64_to_hex, finish, is_dir_marker
 
 log = logging.getLogger(__name__)
 
 _CLOCK_SKEW = _dt.timedelta(minutes=5)
+
+
+def token_credential(creds: AzureCredentials) -> Any:
+    """The azure-identity credential for ``managed_identity`` / ``default``."""
+    try:
+        from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+    except ImportError as exc:  # pragma: no cover
+        raise CredentialsError("as:// with identity auth needs azure-identity "
+                               "(pip install 'dfrepo[azure]')", provider="as",
+                               source=creds.source) from exc
+    if creds.auth_type == "managed_identity":
+        return ManagedIdentityCredential(client_id=creds.client_id or None)
+    if creds.client_id:
+        return DefaultAzureCredential(managed_identity_client_id=creds.client_id)
+    return DefaultAzureCredential()
 
 
 def _account_and_endpoint(location: AzureLocation, creds: AzureCredentials) -> tuple[str, str]:
@@ -74,10 +91,10 @@ def _translate(exc: BaseException, location: AzureLocation, creds: AzureCredenti
 
 def list_azure(
     location: AzureLocation,
-    creds: AzureCredentials | None = None,
+    creds: AzureCredentials,
     *,
-    expiry: int = 900,
-    timeout: float = 30.0,
+    expiry: int,
+    timeout: float,
 ) -> list[RemoteObject]:
     """List ``location`` recursively and make a read-only SAS URL for every blob."""
     import azure.core.exceptions as aexc
@@ -88,8 +105,6 @@ def list_azure(
         generate_blob_sas,
     )
 
-    check_expiry(expiry)
-    creds = creds or AzureCredentials()
     account, endpoint = _account_and_endpoint(location, creds)
     credential: Any
     if creds.auth_type == "key":
@@ -105,7 +120,7 @@ def list_azure(
     elif creds.auth_type == "anonymous":
         credential = None
     else:
-        credential = creds.token_credential()
+        credential = token_credential(creds)
 
     # The SDK's default exponential backoff starts at 15 s; a model load should fail
     # faster (the transfer engine retries downloads on its own).
@@ -140,7 +155,7 @@ def list_azure(
                 url += "?" + sas
             settings = blob.content_settings
             objects.append(RemoteObject(
-                rel_path=rel, size=size, url=url, version=strip_etag(blob.etag),
+                rel_path=rel, size=size, url=url, version=normalize_etag(blob.etag),
                 md5=b64_to_hex(settings.content_md5 if settings else None),
                 source=location.source_for(name)))
     except aexc.AzureError as exc:

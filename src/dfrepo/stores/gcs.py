@@ -1,5 +1,8 @@
 """GCS listing and V4 signed URLs with google-auth / google-cloud-storage.
 
+The google-auth credentials come from :class:`~dfrepo.credentials.GCSCredentials`
+(:func:`google_credentials`): the JSON file, else ADC, else anonymous.
+
 How each object's URL is made (``RemoteObject.url`` / ``.headers``), in order:
 
 ``key``
@@ -30,18 +33,75 @@ object metadata.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 from typing import Any
 
 from ..credentials import GCSCredentials
 from ..errors import ConfigError, CredentialsError, ObjectNotFoundError, StoreError
-from ..locations import GCSLocation, safe_relpath
+from ..locations import GCSLocation
 from ..objects import RemoteObject
-from ._common import b64_to_hex, check_expiry, finish, is_dir_marker
+from ..safepaths import safe_relpath
+from ._common import b64_to_hex, finish, is_dir_marker
 
 log = logging.getLogger(__name__)
 
 SIGNING_MODES = ("auto", "key", "iam", "bearer", "anonymous")
+
+
+def google_credentials(creds: GCSCredentials, *, anonymous_if_missing: bool = False) -> Any:
+    """Return a ``google.auth`` credentials object.
+
+    Order (Triton's): the JSON file; else ADC (which includes metadata credentials);
+    else anonymous.  ``anonymous_if_missing=True`` (emulators) skips ADC so nothing
+    probes the metadata server.
+    """
+    try:
+        import google.auth
+        import google.auth.exceptions
+        from google.auth.credentials import AnonymousCredentials
+    except ImportError as exc:  # pragma: no cover
+        raise CredentialsError("gs:// needs google-auth (pip install 'dfrepo[gcs]')",
+                               provider="gs", source=creds.source) from exc
+    scopes = ["https://www.googleapis.com/auth/devstorage.read_only"]
+    if creds.service_account_path:
+        path = creds.service_account_path
+        try:
+            with open(path, encoding="utf-8") as fh:
+                info = json.load(fh)
+        except OSError as exc:
+            raise CredentialsError(
+                f"cannot read GCS credential file {path!r} ({creds.source}): {exc.strerror}",
+                provider="gs", source=creds.source) from None
+        except ValueError:
+            raise CredentialsError(f"GCS credential file {path!r} is not valid JSON",
+                                   provider="gs", source=creds.source) from None
+        if not isinstance(info, dict) or "type" not in info:
+            raise CredentialsError(f"GCS credential file {path!r} has no 'type' key",
+                                   provider="gs", source=creds.source)
+        try:
+            if info["type"] == "service_account":
+                from google.oauth2 import service_account
+
+                return service_account.Credentials.from_service_account_info(info, scopes=scopes)
+            if info["type"] == "authorized_user":
+                from google.oauth2 import credentials as user_credentials
+
+                return user_credentials.Credentials.from_authorized_user_info(info, scopes=scopes)
+            found, _ = google.auth.load_credentials_from_dict(info, scopes=scopes)
+            return found
+        except (ValueError, KeyError, google.auth.exceptions.GoogleAuthError) as exc:
+            # Their messages can quote fields of the file; name only the type.
+            raise CredentialsError(
+                f"GCS credential file {path!r} (type {info.get('type')!r}) is malformed: "
+                f"{type(exc).__name__}", provider="gs", source=creds.source) from None
+    if anonymous_if_missing:
+        return AnonymousCredentials()
+    try:
+        found, _ = google.auth.default(scopes=scopes)
+        return found
+    except google.auth.exceptions.DefaultCredentialsError:
+        return AnonymousCredentials()
 
 
 def _signing_mode(gcreds: Any) -> str:
@@ -88,10 +148,10 @@ def _translate(exc: BaseException, location: GCSLocation, creds: GCSCredentials)
 
 def list_gcs(
     location: GCSLocation,
-    creds: GCSCredentials | None = None,
+    creds: GCSCredentials,
     *,
-    expiry: int = 900,
-    timeout: float = 30.0,
+    expiry: int,
+    timeout: float,
     signing: str = "auto",
 ) -> list[RemoteObject]:
     """List ``location`` recursively; sign (or authorize) a GET for every object.
@@ -106,11 +166,9 @@ def list_gcs(
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
-    check_expiry(expiry)
     if signing not in SIGNING_MODES:
         raise ConfigError(f"signing must be one of {SIGNING_MODES}", source="arg", key="signing")
-    creds = creds or GCSCredentials()
-    gcreds = creds.load(anonymous_if_missing=location.is_emulator)
+    gcreds = google_credentials(creds, anonymous_if_missing=location.is_emulator)
     mode = _signing_mode(gcreds) if signing == "auto" else signing
     list_creds = AnonymousCredentials() if location.is_emulator else gcreds
     project = getattr(gcreds, "project_id", None) or "dfrepo-none"

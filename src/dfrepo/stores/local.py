@@ -12,8 +12,9 @@ import os
 from pathlib import Path
 
 from ..errors import ObjectNotFoundError, StoreError
-from ..locations import LocalLocation, safe_relpath
+from ..locations import LocalLocation
 from ..objects import RemoteObject
+from ..safepaths import safe_relpath
 from ._common import finish
 
 

@@ -1,5 +1,7 @@
 """S3 (and S3-compatible) listing and SigV4 presigning with boto3/botocore.
 
+The boto3 session is built from :class:`~dfrepo.credentials.S3Credentials` in Triton's
+order (:func:`boto3_session`): static keys, else the profile, else the default chain.
 One paginated ``ListObjectsV2`` without a delimiter over ``prefix/`` lists the whole
 model directory; each object gets a presigned ``GET`` (``generate_presigned_url``,
 SigV4, ``X-Amz-SignedHeaders=host``) valid for ``expiry`` seconds.  The host:port
@@ -17,9 +19,12 @@ from typing import Any
 
 from ..credentials import S3Credentials
 from ..errors import CredentialsError, LocationError, ObjectNotFoundError, StoreError
-from ..locations import S3Location, safe_relpath
+from ..locations import S3Location
 from ..objects import RemoteObject
-from ._common import check_expiry, finish, is_dir_marker, s3_etag_md5, strip_etag
+from ..redact import redact_inline
+from ..safepaths import safe_relpath
+from ..values import normalize_etag
+from ._common import finish, is_dir_marker, s3_etag_md5
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +41,37 @@ _AUTH_CODES = {
 }
 
 
+def boto3_session(creds: S3Credentials) -> Any:
+    """A ``boto3.Session`` following Triton's order: static keys, profile, default."""
+    try:
+        import boto3
+        import botocore.exceptions
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise CredentialsError("s3:// needs boto3 (pip install 'dfrepo[s3]')",
+                               provider="s3", source=creds.source) from exc
+    try:
+        if creds.is_static:
+            return boto3.Session(
+                aws_access_key_id=creds.key_id,
+                aws_secret_access_key=creds.secret_key,
+                aws_session_token=creds.session_token or None,
+                region_name=creds.region or None,
+            )
+        if creds.profile:
+            return boto3.Session(profile_name=creds.profile, region_name=creds.region or None)
+        return boto3.Session(region_name=creds.region or None)
+    except botocore.exceptions.ProfileNotFound as exc:
+        raise CredentialsError(f"AWS profile {creds.profile!r} not found ({creds.source})",
+                               provider="s3", source=creds.source) from exc
+    except botocore.exceptions.BotoCoreError as exc:
+        raise CredentialsError(f"cannot set up AWS credentials ({creds.source}): "
+                               f"{type(exc).__name__}", provider="s3", source=creds.source) from exc
+
+
 def _client(location: S3Location, creds: S3Credentials, timeout: float) -> Any:
     import botocore.config
 
-    session = creds.boto3_session()
+    session = boto3_session(creds)
     region = creds.region or session.region_name or "us-east-1"
     config = botocore.config.Config(
         signature_version="s3v4",
@@ -114,10 +146,10 @@ def _translate(exc: BaseException, location: S3Location, creds: S3Credentials) -
 
 def list_s3(
     location: S3Location,
-    creds: S3Credentials | None = None,
+    creds: S3Credentials,
     *,
-    expiry: int = 900,
-    timeout: float = 30.0,
+    expiry: int,
+    timeout: float,
     trust_etag_md5: bool = True,
     page_size: int | None = None,
 ) -> list[RemoteObject]:
@@ -127,10 +159,8 @@ def list_s3(
     """
     import botocore.exceptions
 
-    check_expiry(expiry)
-    creds = creds or S3Credentials()
     if location.quirk and ":" in location.bucket:
-        raise LocationError(f"{location.raw.partition('?')[0]!r}: {location.quirk}; "
+        raise LocationError(f"{redact_inline(location.raw)!r}: {location.quirk}; "
                             "rename the key or use the plain s3://bucket/... form",
                             source="location", key="bucket")
     list_prefix = location.prefix + "/" if location.prefix else ""
@@ -154,7 +184,7 @@ def list_s3(
                 if is_dir_marker(key, size):
                     continue
                 rel = safe_relpath(key, location.prefix)
-                etag = strip_etag(item.get("ETag"))
+                etag = normalize_etag(item.get("ETag"))
                 url = client.generate_presigned_url(
                     "get_object", Params={"Bucket": location.bucket, "Key": key},
                     ExpiresIn=expiry)

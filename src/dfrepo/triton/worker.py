@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
 import socket
 import sys
@@ -36,6 +35,7 @@ from ..errors import (
     ObjectNotFoundError,
     RepoAgentError,
 )
+from ..redact import redact_urls
 from ._protocol import HELLO, ProtocolError, read_frame, write_frame
 from .agent import LoadContext, RepoAgent, resolve_agent_class
 
@@ -53,7 +53,6 @@ _ACTIONS = {
 _TERMINAL = ("LOAD_FAIL", "UNLOAD_COMPLETE")
 _CODES = ("UNKNOWN", "INTERNAL", "NOT_FOUND", "INVALID_ARG", "UNAVAILABLE", "UNSUPPORTED",
           "ALREADY_EXISTS")
-_URL_QUERY = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s?'\"]*)\?[^\s'\"]*", re.IGNORECASE)
 
 
 def _error_code(exc: BaseException) -> str:
@@ -71,7 +70,7 @@ def _error_code(exc: BaseException) -> str:
 
 def one_line(text: str) -> str:
     """Collapse *text* to one line and strip query strings (signatures) from URLs."""
-    text = _URL_QUERY.sub(r"\1?<redacted>", text)
+    text = redact_urls(text)
     return " | ".join(part.strip() for part in text.splitlines() if part.strip())
 
 

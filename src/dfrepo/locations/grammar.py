@@ -1,4 +1,4 @@
-"""Parse Triton model-repository locations, and keep object keys inside their directory.
+"""Parse Triton model-repository locations (:func:`parse_location`).
 
 The grammars follow Triton core (``triton-inference-server/core:src/filesystem``):
 
@@ -47,193 +47,35 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import ClassVar, Union
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
-from .errors import LocationError, UnsafePathError
+from ..errors import LocationError
+from ..redact import redact_inline
+from ..safepaths import CONTROL_CHARS
+from .location import (
+    AZURE_DEFAULT_SUFFIX,
+    GCS_DEFAULT_ENDPOINT,
+    AnyLocation,
+    AzureLocation,
+    GCSLocation,
+    LocalLocation,
+    S3Location,
+)
 
-__all__ = [
-    "Location",
-    "S3Location",
-    "GCSLocation",
-    "AzureLocation",
-    "LocalLocation",
-    "parse_location",
-    "safe_relpath",
-    "safe_join",
-    "GCS_DEFAULT_ENDPOINT",
-    "AZURE_DEFAULT_SUFFIX",
-]
-
-GCS_DEFAULT_ENDPOINT = "https://storage.googleapis.com"
-AZURE_DEFAULT_SUFFIX = ".blob.core.windows.net"
-#: Longest file-name component accepted (bytes, UTF-8): Linux NAME_MAX.
-MAX_NAME_BYTES = 255
-#: Longest relative path accepted (bytes, UTF-8): Linux PATH_MAX.
-MAX_PATH_BYTES = 4096
+__all__ = ["parse_location"]
 
 _S3_RE = re.compile(
     r"s3://(http://|https://|)([0-9a-zA-Z\-.]+):([0-9]+)/([0-9a-z.\-]+)(((/[0-9a-zA-Z.\-_]+)*)?)"
 )
 _AS_RE = re.compile(r"as://([^/]+)/([^/?]+)(?:/([^?]*))?(\?.*)?", re.DOTALL)
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
-_CTRL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _AZURE_ACCOUNT_RE = re.compile(r"^[a-z0-9]{3,24}$")
 _AZURE_HOST_RE = re.compile(r"^([a-z0-9]{3,24})\.blob\.([a-z0-9.\-]+)$")
 
 
-# --------------------------------------------------------------------------- locations
-
-
-@dataclass(frozen=True)
-class Location:
-    """Base of the location family. ``raw`` is the string as given (for credential matching)."""
-
-    scheme: ClassVar[str] = ""
-    raw: str = field(default="", repr=False, compare=False)
-
-    @property
-    def display(self) -> str:
-        """A canonical, secret-free string for messages."""
-        raise NotImplementedError
-
-    def source_for(self, key: str) -> str:
-        """The message-safe name of one object (``s3://bucket/key``)."""
-        raise NotImplementedError
-
-    def __str__(self) -> str:
-        return self.display
-
-
-def _join_key(prefix: str, rel: str = "") -> str:
-    return "/".join(p for p in (prefix, rel) if p)
-
-
-@dataclass(frozen=True)
-class S3Location(Location):
-    """``s3://[http(s)://host:port/]bucket/prefix``.
-
-    :param endpoint_url: ``http://host:port`` for the host:port form, None for AWS (then
-        the SDK's own configuration, e.g. ``AWS_ENDPOINT_URL``, applies).
-    :param use_https: False only for the host:port form without ``https://``.
-    :param quirk: set when Triton's fallback turned ``host:port`` into the bucket.
-    """
-
-    scheme: ClassVar[str] = "s3"
-    bucket: str = ""
-    prefix: str = ""
-    endpoint_url: str | None = None
-    use_https: bool = True
-    quirk: str | None = field(default=None, compare=False)
-
-    @property
-    def display(self) -> str:
-        return self.source_for("")
-
-    def source_for(self, key: str) -> str:
-        head = "s3://"
-        if self.endpoint_url:
-            head += self.endpoint_url + "/"
-        return head + _join_key(self.bucket, key if key else self.prefix)
-
-    @property
-    def path_style(self) -> bool:
-        """Triton uses path-style addressing for the host:port form."""
-        return self.endpoint_url is not None
-
-    def url_for(self, key: str) -> str:
-        """Unsigned object URL (path-style for endpoint forms, virtual-host for AWS)."""
-        if self.endpoint_url:
-            return f"{self.endpoint_url}/{self.bucket}/{quote(key, safe='/')}"
-        return f"https://{self.bucket}.s3.amazonaws.com/{quote(key, safe='/')}"
-
-
-@dataclass(frozen=True)
-class GCSLocation(Location):
-    """``gs://bucket/prefix``; ``endpoint`` is GCS or the emulator's base URL."""
-
-    scheme: ClassVar[str] = "gs"
-    bucket: str = ""
-    prefix: str = ""
-    endpoint: str = GCS_DEFAULT_ENDPOINT
-
-    @property
-    def display(self) -> str:
-        return self.source_for("")
-
-    def source_for(self, key: str) -> str:
-        return "gs://" + _join_key(self.bucket, key if key else self.prefix)
-
-    @property
-    def is_emulator(self) -> bool:
-        return self.endpoint.rstrip("/") != GCS_DEFAULT_ENDPOINT
-
-    def url_for(self, key: str, generation: int | str | None = None) -> str:
-        """JSON-API media URL of one object (needs a bearer token unless public/emulator)."""
-        url = (
-            f"{self.endpoint.rstrip('/')}/download/storage/v1/b/{quote(self.bucket, safe='')}"
-            f"/o/{quote(key, safe='')}?alt=media"
-        )
-        if generation is not None:
-            url += f"&generation={generation}"
-        return url
-
-
-@dataclass(frozen=True)
-class AzureLocation(Location):
-    """``as://account/container/prefix``; ``endpoint`` is the account URL (no trailing /)."""
-
-    scheme: ClassVar[str] = "as"
-    account: str = ""
-    container: str = ""
-    prefix: str = ""
-    endpoint: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.endpoint and self.account:
-            object.__setattr__(self, "endpoint", f"https://{self.account}{AZURE_DEFAULT_SUFFIX}")
-
-    @property
-    def display(self) -> str:
-        return self.source_for("")
-
-    def source_for(self, key: str) -> str:
-        return f"as://{self.account}/" + _join_key(self.container, key if key else self.prefix)
-
-    def url_for(self, key: str) -> str:
-        """Unsigned blob URL (works only for public containers; add a SAS)."""
-        return f"{self.endpoint}/{quote(self.container, safe='')}/{quote(key, safe='/')}"
-
-
-@dataclass(frozen=True)
-class LocalLocation(Location):
-    """A local (or NFS) directory, used in place."""
-
-    scheme: ClassVar[str] = "file"
-    path: str = ""
-
-    @property
-    def display(self) -> str:
-        return self.path
-
-    def source_for(self, key: str) -> str:
-        return os.path.join(self.path, key) if key else self.path
-
-    def url_for(self, key: str) -> str:
-        return Path(os.path.abspath(os.path.join(self.path, key))).as_uri()
-
-
-AnyLocation = Union[S3Location, GCSLocation, AzureLocation, LocalLocation]
-
-
-# --------------------------------------------------------------------------- parsing
-
-
 def _bad(message: str, location: str, key: str) -> LocationError:
     # The location string is a path, not a secret, but drop anything after "?".
-    shown = location.partition("?")[0]
+    shown = redact_inline(location)
     if len(shown) > 200:
         shown = shown[:200] + "..."
     return LocationError(f"{message} (location {shown!r})", source="location", key=key)
@@ -330,11 +172,11 @@ def _check_endpoint(endpoint: str, location: str, key: str) -> str:
         or parts.query
         or parts.fragment
         or parts.username is not None
-        or _CTRL_RE.search(endpoint)
+        or CONTROL_CHARS.search(endpoint)
     ):
         raise LocationError(
             f"endpoint must be http(s)://host[:port][/path] without credentials or query "
-            f"(for {location.partition('?')[0]!r})",
+            f"(for {redact_inline(location)!r})",
             source=key,
             key=key,
         )
@@ -415,7 +257,7 @@ def parse_location(
         raise LocationError(f"location must be a string, not {type(location).__name__}",
                             source="location", key="location")
     env = os.environ if env is None else env
-    if location.startswith(("gs://", "s3://", "as://")) and _CTRL_RE.search(location):
+    if location.startswith(("gs://", "s3://", "as://")) and CONTROL_CHARS.search(location):
         raise _bad("control character in location", location, "path")
     # Triton tests the prefixes in this order.
     if location.startswith("gs://"):
@@ -430,81 +272,3 @@ def parse_location(
         hint = " (schemes are lower-case)" if scheme.lower() in ("s3", "gs", "as", "file") else ""
         raise _bad(f"unsupported scheme {scheme!r}{hint}", location, "scheme")
     return _parse_local(location)
-
-
-# --------------------------------------------------------------------------- safe paths
-
-
-def _check_relpath(rel: str, what: str) -> None:
-    def bad(reason: str) -> UnsafePathError:
-        shown = rel if len(rel) <= 200 else rel[:200] + "..."
-        return UnsafePathError(f"unsafe {what} {shown!r}: {reason}", source="store", key=what)
-
-    if not rel:
-        raise bad("empty path")
-    if "\x00" in rel:
-        raise bad("contains NUL")
-    if "\\" in rel:
-        raise bad("contains a backslash")
-    if rel.startswith("/"):
-        raise bad("absolute path")
-    try:
-        encoded = rel.encode("utf-8")
-    except UnicodeEncodeError:
-        raise bad("not valid UTF-8") from None
-    if len(encoded) > MAX_PATH_BYTES:
-        raise bad(f"longer than {MAX_PATH_BYTES} bytes")
-    for seg in rel.split("/"):
-        if seg == "":
-            raise bad("empty path segment")
-        if seg in (".", ".."):
-            raise bad(f"{seg!r} segment")
-        if len(seg.encode("utf-8")) > MAX_NAME_BYTES:
-            raise bad(f"a name longer than {MAX_NAME_BYTES} bytes")
-        if _CTRL_RE.search(seg):
-            raise bad("contains a control character")
-
-
-def safe_relpath(key: str, prefix: str) -> str:
-    """Return *key* relative to the model-directory *prefix* (no leading/trailing ``/``).
-
-    :raises UnsafePathError: the key is outside ``prefix/``, or the remainder is empty,
-        absolute, has ``.``/``..``/empty segments, a backslash, NUL or control
-        character, or a name over 255 bytes / a path over 4096 bytes.
-    """
-    prefix = prefix.strip("/")
-    if prefix:
-        head = prefix + "/"
-        if not key.startswith(head):
-            raise UnsafePathError(
-                f"object key {key[:200]!r} is not inside the model directory {prefix!r}",
-                source="store",
-                key="key",
-            )
-        rel = key[len(head):]
-    else:
-        rel = key
-    _check_relpath(rel, "object key")
-    return rel
-
-
-def safe_join(dest_dir: str | os.PathLike[str], relpath: str) -> Path:
-    """Join *relpath* under *dest_dir*, guaranteeing the result stays inside it.
-
-    The relative path is checked like :func:`safe_relpath`; then both sides are resolved
-    (symlinks included) and the result must still lie under *dest_dir*.
-
-    :raises UnsafePathError: the path is unsafe or would escape *dest_dir*.
-    """
-    _check_relpath(relpath, "relative path")
-    base = Path(dest_dir)
-    result = base.joinpath(*relpath.split("/"))
-    real_base = os.path.realpath(base)
-    real_result = os.path.realpath(result)
-    if os.path.commonpath([real_base, real_result]) != real_base or real_result == real_base:
-        raise UnsafePathError(
-            f"relative path {relpath[:200]!r} escapes {str(base)!r} (through a symlink)",
-            source="store",
-            key="relative path",
-        )
-    return result
