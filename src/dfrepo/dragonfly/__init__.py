@@ -13,7 +13,6 @@ Stdlib only; nothing here opens a connection.
 from __future__ import annotations
 
 from .config import DEFAULT_PROXY, DragonflyConfig
-from .errors_map import ERROR_TYPE_HEADER, classify_response, note_direct_fallback
 from .loading import (
     CONFIG_PATH_ENV,
     DEFAULT_CONFIG_PATH,
