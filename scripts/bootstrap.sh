@@ -17,6 +17,7 @@
 #   .venv/                         the project venv with dfrepo installed editable
 #   .cache/npm/node_modules/.bin/  azurite-blob
 #   .cache/triton/                 tritonserver from the nvidia-pytriton wheel, python stub in place
+#   .cache/triton-<major.minor>/   the other Triton builds of scripts/triton-versions.env (same layout)
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -183,6 +184,65 @@ fi
 if LD_LIBRARY_PATH="$TRITON/lib" ldd "$TRITON/backends/python/triton_python_backend_stub" | grep -q 'not found'; then
     die "python backend stub has unresolved libraries (is libpython$PYVER installed?)"
 fi
+
+# ---------------------------------------------------------------------------------------------
+# 4b. The other Triton builds the agent is tested on (scripts/triton-versions.env), each from
+#     its own nvidia-pytriton wheel, downloaded with pip (no install: the venv keeps the pinned
+#     one), unpacked into .cache/triton-<major.minor> with the same layout as .cache/triton:
+#     bin/ backends/ caches/ lib/ (the wheel's nvidia_pytriton.libs, a real copy here) and the
+#     python stub for this Python in backends/python/. The wheel is deleted afterwards.
+# ---------------------------------------------------------------------------------------------
+# shellcheck source=triton-versions.env
+source "$REPO/scripts/triton-versions.env"
+for build in $TRITON_BUILDS; do
+    tv="${build%%=*}" pv="${build#*=}"
+    [[ "$pv" == "$PYTRITON_VER" ]] && continue   # that one is .cache/triton (from the venv)
+    dir="$CACHE/triton-${tv%.*}"
+    stamp_v="triton=$tv pytriton=$pv python=$PYVER"
+    if [[ -x "$dir/bin/tritonserver" && -x "$dir/backends/python/triton_python_backend_stub" \
+          && -f "$dir/.prepared" && "$(cat "$dir/.prepared")" == "$stamp_v" ]]; then
+        log "triton $tv: $dir prepared (nvidia-pytriton $pv, stub $PYVER)"
+        continue
+    fi
+    log "triton $tv: downloading nvidia-pytriton $pv into $dir"
+    tmp="$dir.tmp.$$"
+    rm -rf "$tmp"
+    mkdir -p "$tmp/wheel"
+    quiet "$PY" -m pip download -q --no-deps --only-binary=:all: "nvidia-pytriton==$pv" -d "$tmp/wheel"
+    # Only the server tree and its libraries; file modes from the zip (zipfile drops them).
+    "$PY" - "$tmp/wheel" "$tmp/x" <<'EOF'
+import os, pathlib, sys, zipfile
+(whl,) = pathlib.Path(sys.argv[1]).glob("nvidia_pytriton-*.whl")
+with zipfile.ZipFile(whl) as z:
+    for info in z.infolist():
+        if info.filename.startswith(("pytriton/tritonserver/", "nvidia_pytriton.libs/")):
+            path = z.extract(info, sys.argv[2])
+            mode = (info.external_attr >> 16) & 0o777
+            if mode and not info.is_dir():
+                os.chmod(path, mode)
+EOF
+    stub="$tmp/x/pytriton/tritonserver/python_backend_stubs/$PYVER/triton_python_backend_stub"
+    if [[ ! -f "$stub" ]]; then
+        log "triton $tv: SKIPPED, nvidia-pytriton $pv has no python backend stub for Python $PYVER" \
+            "(has: $(ls "$tmp/x/pytriton/tritonserver/python_backend_stubs" 2>/dev/null | tr '\n' ' '))"
+        rm -rf "$tmp"
+        continue
+    fi
+    mv "$tmp/x/pytriton/tritonserver" "$tmp/tree"
+    mv "$tmp/x/nvidia_pytriton.libs" "$tmp/tree/lib"   # tritonserver's RPATH has $ORIGIN/../lib
+    cp "$tmp/tree/python_backend_stubs/$PYVER/triton_python_backend_stub" "$tmp/tree/backends/python/"
+    rm -rf "$tmp/tree/python_backend_stubs"
+    chmod +x "$tmp/tree/bin/tritonserver" "$tmp/tree/backends/python/triton_python_backend_stub"
+    for exe in bin/tritonserver backends/python/triton_python_backend_stub; do
+        if LD_LIBRARY_PATH="$tmp/tree/lib" ldd "$tmp/tree/$exe" | grep -q 'not found'; then
+            die "triton $tv: $exe has unresolved libraries: $(LD_LIBRARY_PATH="$tmp/tree/lib" ldd "$tmp/tree/$exe" | grep 'not found' | tr '\n' ' ')"
+        fi
+    done
+    echo "$stamp_v" >"$tmp/tree/.prepared"
+    rm -rf "$dir"
+    mv "$tmp/tree" "$dir"
+    rm -rf "$tmp"
+done
 
 # ---------------------------------------------------------------------------------------------
 # 5. The real Dragonfly scheduler + dfdaemon, once per machine, outside the checkout

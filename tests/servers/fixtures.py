@@ -141,12 +141,17 @@ class TritonFactory(Protocol):
         wait: bool = True,
         timeout: float = 60.0,
         mounts: Mapping[str, str | os.PathLike[str]] | None = None,
+        version: str | None = None,
     ) -> TritonHandle: ...
 
 
 @pytest.fixture
 def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonFactory]:
-    """Factory starting tritonserver processes; all of them are stopped at teardown."""
+    """Factory starting tritonserver processes; all of them are stopped at teardown.
+
+    ``version`` picks another prepared Triton build (``scripts/triton-versions.env``, e.g.
+    "2.36.0"); a build bootstrap has not prepared skips the test, like a missing default one.
+    """
     handles: list[TritonHandle] = []
     workdir: list[Path] = []
 
@@ -160,6 +165,7 @@ def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonFa
         wait: bool = True,
         timeout: float = 60.0,
         mounts: Mapping[str, str | os.PathLike[str]] | None = None,
+        version: str | None = None,
     ) -> TritonHandle:
         if not workdir:
             workdir.append(tmp_path_factory.mktemp("triton"))
@@ -174,6 +180,7 @@ def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonFa
                 extra_args=extra_args,
                 wait=False,
                 mounts=mounts,
+                version=version,
             )
 
         handle = _start_or_skip("Triton", launch)

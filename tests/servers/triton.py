@@ -1,15 +1,18 @@
 """Real NVIDIA Triton (``tritonserver`` from the nvidia-pytriton wheel) on CPU, for e2e tests.
 
 scripts/bootstrap.sh prepares ``.cache/triton`` exactly as pytriton does (tree copy without the
-python stubs, the stub for this Python placed in ``backends/python``). Each server gets its own
-free ports on 127.0.0.1, its own log file and its own python-backend shared-memory prefix, so
-several can run side by side on one machine.
+python stubs, the stub for this Python placed in ``backends/python``), and every other build of
+``scripts/triton-versions.env`` in ``.cache/triton-<major.minor>`` the same way from its own
+wheel. Each server gets its own free ports on 127.0.0.1, its own log file and its own
+python-backend shared-memory prefix, so several can run side by side on one machine.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import re
 import shutil
 import sys
 import sysconfig
@@ -23,7 +26,9 @@ from typing import Any
 
 from .procs import LOOPBACK, REPO_ROOT, ManagedProcess, clean_env, free_port, http_status
 
-__all__ = ["TritonHandle", "start_triton", "triton_home", "triton_libs"]
+__all__ = ["TritonHandle", "start_triton", "triton_builds", "triton_home", "triton_libs"]
+
+VERSIONS_FILE = REPO_ROOT / "scripts" / "triton-versions.env"
 
 # Variables that would let a test's Triton reach real clouds or pick up the developer's keys.
 _DROP_PREFIXES = (
@@ -39,17 +44,59 @@ _DROP_PREFIXES = (
 )
 
 
-def triton_home() -> Path | None:
-    """The prepared Triton tree (``.cache/triton``), or None if bootstrap has not run."""
-    home = Path(os.environ.get("DFREPO_TRITON_HOME", REPO_ROOT / ".cache" / "triton"))
+def triton_builds() -> dict[str, str]:
+    """Triton version -> nvidia-pytriton version, from ``scripts/triton-versions.env``."""
+    match = re.search(r'^TRITON_BUILDS="([^"]*)"', VERSIONS_FILE.read_text(), re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"TRITON_BUILDS missing from {VERSIONS_FILE}")
+    return dict(build.split("=", 1) for build in match.group(1).split())
+
+
+def _pytriton_version() -> str | None:
+    try:
+        return importlib.metadata.version("nvidia-pytriton")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def triton_home(version: str | None = None) -> Path | None:
+    """A prepared Triton tree, or None if bootstrap has not prepared it.
+
+    ``version`` None: ``.cache/triton`` (``$DFREPO_TRITON_HOME`` overrides), the build of the
+    nvidia-pytriton pinned in the venv. A Triton version of ``scripts/triton-versions.env``
+    ("2.36.0"): ``.cache/triton`` if the venv's nvidia-pytriton is that build, else
+    ``.cache/triton-2.36``.
+    """
+    if version is None:
+        home = Path(os.environ.get("DFREPO_TRITON_HOME", REPO_ROOT / ".cache" / "triton"))
+    else:
+        builds = triton_builds()
+        if version not in builds:
+            raise ValueError(f"Triton {version} is not in {VERSIONS_FILE} ({sorted(builds)})")
+        if builds[version] == _pytriton_version():
+            home = REPO_ROOT / ".cache" / "triton"
+        else:
+            home = REPO_ROOT / ".cache" / f"triton-{version.rsplit('.', 1)[0]}"
+            stamp = home / ".prepared"
+            if not stamp.is_file() or f"pytriton={builds[version]} " not in stamp.read_text():
+                return None
     exe = home / "bin" / "tritonserver"
     stub = home / "backends" / "python" / "triton_python_backend_stub"
     return home if exe.is_file() and stub.is_file() else None
 
 
 def triton_libs(home: Path) -> Path | None:
-    """``nvidia_pytriton.libs`` (libtritonserver, vendored curl/ssl, ...)."""
-    for candidate in (home / "lib", Path(sysconfig.get_paths()["purelib"]) / "nvidia_pytriton.libs"):
+    """``nvidia_pytriton.libs`` (libtritonserver, vendored curl/ssl, ...) of the tree ``home``.
+
+    Its ``lib`` (a link into the venv for ``.cache/triton``, a copy for the other builds);
+    only the default tree falls back to the venv's ``nvidia_pytriton.libs``, which belong to
+    the pinned build.
+    """
+    candidates = [home / "lib"]
+    stamp = home / ".prepared"
+    if not (stamp.is_file() and stamp.read_text().startswith("triton=")):  # not another build's tree
+        candidates.append(Path(sysconfig.get_paths()["purelib"]) / "nvidia_pytriton.libs")
+    for candidate in candidates:
         if (candidate / ".").is_dir() and any(candidate.glob("libtritonserver*")):
             return candidate
     return None
@@ -112,6 +159,13 @@ class TritonHandle:
                 return int(resp.status), resp.read().decode(errors="replace")
         except urllib.error.HTTPError as exc:
             return int(exc.code), exc.read().decode(errors="replace")
+
+    def server_version(self) -> str:
+        """The version ``GET /v2`` reports (e.g. "2.36.0")."""
+        status, text = self.request("GET", "/v2")
+        if status != 200:
+            raise RuntimeError(f"GET /v2 failed: {status} {text}")
+        return str(json.loads(text)["version"])
 
     def is_live(self) -> bool:
         return http_status(self.http_url + "/v2/health/live") == 200
@@ -192,6 +246,7 @@ def start_triton(
     wait: bool = True,
     timeout: float = 60.0,
     mounts: Mapping[str, os.PathLike[str] | str] | None = None,
+    version: str | None = None,
 ) -> TritonHandle:
     """Start tritonserver on 127.0.0.1 and (if ``wait``) block until ``/v2/health/live`` is 200.
 
@@ -202,13 +257,17 @@ def start_triton(
 
     ``mounts`` (target -> source) runs Triton in a private mount namespace (``unshare -m``,
     root only) with those files bind-mounted, e.g. a hosts file and CA bundle for ``as://``.
+
+    ``version`` (a Triton version of ``scripts/triton-versions.env``, e.g. "2.36.0") runs that
+    build instead of the default ``.cache/triton`` (see :func:`triton_home`).
     """
-    home = triton_home()
+    home = triton_home(version)
     if home is None:
-        raise FileNotFoundError("prepared Triton not found in .cache/triton; run scripts/bootstrap.sh")
+        where = ".cache/triton" + (f" for Triton {version}" if version else "")
+        raise FileNotFoundError(f"prepared Triton not found ({where}); run scripts/bootstrap.sh")
     libs = triton_libs(home)
     if libs is None:
-        raise FileNotFoundError("nvidia_pytriton.libs not found (pip package nvidia-pytriton)")
+        raise FileNotFoundError(f"nvidia_pytriton.libs not found for {home} (pip package nvidia-pytriton)")
     workdir.mkdir(parents=True, exist_ok=True)
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     while len({http_port, grpc_port, metrics_port}) < 3:
