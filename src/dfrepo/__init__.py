@@ -9,8 +9,7 @@ from __future__ import annotations
 import logging
 
 from ._version import __version__
-from .engine import TransferConfig
-from .engine import DownloadRequest, DownloadResult, Downloader, download
+from .engine import Downloader, DownloadRequest, DownloadResult, TransferConfig, download
 from .errors import (
     CacheError,
     ChecksumMismatchError,

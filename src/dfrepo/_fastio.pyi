@@ -1,7 +1,7 @@
 """The byte mover's contract: :mod:`dfrepo._fastio` (compiled) and :mod:`dfrepo._fastio_py`
 (its pure-Python twin) both implement it; :mod:`dfrepo.engine.body` builds its input."""
 
-from typing import Callable
+from collections.abc import Callable
 
 from dfrepo.engine.body import Body, Cursor, WritableBuffer
 

@@ -9,7 +9,7 @@ gives it a socket (``Body.sock_fd`` is -1).
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from .engine.body import Body, Cursor, WritableBuffer
 from .errors import IncompleteDownloadError

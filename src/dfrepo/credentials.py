@@ -41,7 +41,7 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from .errors import CredentialsError
 from .locations import AnyLocation, AzureLocation, GCSLocation, LocalLocation, Location, S3Location
@@ -119,7 +119,7 @@ class AzureCredentials:
         )
 
 
-Credentials = Union[S3Credentials, GCSCredentials, AzureCredentials]
+Credentials = S3Credentials | GCSCredentials | AzureCredentials
 
 
 # --------------------------------------------------------------------------- the file

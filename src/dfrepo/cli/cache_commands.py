@@ -35,7 +35,8 @@ def cmd_cache(args: argparse.Namespace, out: Out) -> int:
         if out.json_mode:
             out.result({"root": str(cache.root), "entries": count, "bytes": size, "max_bytes": cache.max_bytes})
         else:
-            out.line(f"{count} {'entry' if count == 1 else 'entries'}, {format_bytes(size)} ({size} bytes) in {cache.root} "
+            noun = "entry" if count == 1 else "entries"
+            out.line(f"{count} {noun}, {format_bytes(size)} ({size} bytes) in {cache.root} "
                      f"(limit {format_bytes(cache.max_bytes)})")
         return EXIT_OK
     if args.cache_command == "prune":

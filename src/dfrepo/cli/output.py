@@ -12,7 +12,6 @@ import sys
 from collections.abc import Mapping
 from typing import Any, TextIO
 
-from ..redact import redact_urls
 from ..errors import (
     ConfigError,
     CredentialsError,
@@ -21,6 +20,7 @@ from ..errors import (
     StoreError,
     TransferError,
 )
+from ..redact import redact_urls
 
 __all__ = [
     "EPILOG",

@@ -13,6 +13,13 @@ Stdlib only; nothing here opens a connection.
 from __future__ import annotations
 
 from .config import DEFAULT_PROXY, DragonflyConfig
+from .headers import (
+    AZURE_SAS_QUERY_PARAMS,
+    filtered_query_params,
+    is_azure_sas_url,
+    request_headers,
+    version_tag,
+)
 from .loading import (
     CONFIG_PATH_ENV,
     DEFAULT_CONFIG_PATH,
@@ -22,13 +29,6 @@ from .loading import (
     is_override_key,
     load_dragonfly_config,
     with_overrides,
-)
-from .headers import (
-    AZURE_SAS_QUERY_PARAMS,
-    filtered_query_params,
-    is_azure_sas_url,
-    request_headers,
-    version_tag,
 )
 from .taskid import (
     TASK_ID_HEADER,

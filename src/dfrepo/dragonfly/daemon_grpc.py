@@ -157,7 +157,7 @@ class DaemonGrpc:
         if cfg.application:
             download.application = cfg.application
         if cfg.priority is not None:
-            download.priority = cfg.priority
+            download.priority = common_pb2.Priority.ValueType(cfg.priority)
         if cfg.piece_length is not None:
             download.piece_length = cfg.piece_length
         return dfdaemon_pb2.DownloadTaskRequest(download=download)

@@ -16,8 +16,8 @@ it: the credential would be silently dropped).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
-from typing import Any, Callable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from ..errors import ConfigError
 from ..redact import redact_url
@@ -125,7 +125,7 @@ def parse_proxy(value: Any, where: str | None, key: str = "proxy", loose: bool =
                                         f"credentials; {redact_url(value)})")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise setting_error(where, key, f"must not have a path or query ({redact_url(value)})")
-    return value.rstrip("/")
+    return str(value).rstrip("/")
 
 
 def _bool(value: Any, where: str | None, key: str, loose: bool = False) -> bool:
@@ -177,7 +177,7 @@ def _socket(value: Any, where: str | None, key: str = "socket", loose: bool = Fa
         raise setting_error(where, key, "must be an absolute path without control characters")
     if len(value.encode()) > 107:
         raise setting_error(where, key, "is longer than a unix socket path may be (107 bytes)")
-    return value
+    return str(value)
 
 
 def _split_names(items: Iterable[str]) -> tuple[str, ...]:
@@ -236,7 +236,8 @@ def check_header(name: Any, value: Any, where: str | None, key: str) -> None:
     if _BAD_VALUE.search(value):
         raise setting_error(where, key, "contains control characters (CR/LF are not allowed)")
     if name.lower() in _FORBIDDEN_HEADERS:
-        raise setting_error(where, key, "cannot be set: dfrepo sets it per request (or it would merge every object into one task)")
+        raise setting_error(where, key, "cannot be set: dfrepo sets it per request "
+                                        "(or it would merge every object into one task)")
 
 
 PARSERS: dict[str, Callable[[Any, str | None, str, bool], Any]] = {

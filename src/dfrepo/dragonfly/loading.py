@@ -193,7 +193,8 @@ def load_dragonfly_config(
         ``proxy`` (``""`` = direct), ``tag``, ``application``, ``priority``,
         ``piece_length`` (bytes or ``8MiB``), ``filter`` (comma- or ``&``-separated),
         ``fallback``/``fallback_direct``, ``use_p2p``, ``version_in_task_id``,
-        ``filter_dialects``, ``peer_ranges``, ``transport``, ``socket``, ``header.<Name>`` (one header), ``headers`` (a mapping).
+        ``filter_dialects``, ``peer_ranges``, ``transport``, ``socket``, ``header.<Name>`` (one
+        header), ``headers`` (a mapping).
         Strings are parsed (``"true"``, ``"3"``); unknown keys raise (use
         :func:`is_override_key` to pick them out of a larger parameter set).
     :param required: raise instead of using defaults when the file does not exist.

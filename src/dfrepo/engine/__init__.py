@@ -19,9 +19,9 @@ Python decides here; the bytes are moved by :mod:`dfrepo._fastio` (compiled) or 
 
 from __future__ import annotations
 
-from .single import download
 from .downloader import Downloader
 from .jobs import DownloadRequest, DownloadResult, ProgressCallback
 from .settings import TransferConfig
+from .single import download
 
 __all__ = ["DownloadRequest", "DownloadResult", "Downloader", "ProgressCallback", "TransferConfig", "download"]

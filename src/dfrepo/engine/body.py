@@ -13,12 +13,13 @@ from __future__ import annotations
 import mmap
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Union
+from typing import Any
 
 import urllib3
 
-WritableBuffer = Union[bytearray, mmap.mmap]
+WritableBuffer = bytearray | mmap.mmap
 """The byte mover's reused buffer: any writable, contiguous buffer of bytes."""
 
 

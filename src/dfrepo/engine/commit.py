@@ -8,8 +8,8 @@ per batch (:func:`sync_directories`), so the renames survive a crash.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from ..errors import ChecksumMismatchError, InsufficientSpaceError
 from .fs import FileSystem

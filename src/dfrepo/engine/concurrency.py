@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 #: Seconds per throughput measurement.
 WINDOW_SECONDS = 0.2

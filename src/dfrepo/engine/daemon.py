@@ -12,7 +12,8 @@ import logging
 import os
 import secrets
 import threading
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..errors import ProxyUnavailableError, SourceChangedError
 from .jobs import FileJob

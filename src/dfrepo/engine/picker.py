@@ -8,8 +8,9 @@ Both implement the contract in ``dfrepo/_fastio.pyi``.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from types import ModuleType
-from typing import Callable, Protocol
+from typing import Protocol
 
 from ..values import TRUE_WORDS
 from .body import Body, Cursor, WritableBuffer

@@ -110,7 +110,7 @@ def scrub(exc: BaseException) -> BaseException:
         url = getattr(cur, "url", None)
         if not isinstance(cur, DfrepoError) and isinstance(url, str):
             try:
-                setattr(cur, "url", redact_url(url))
+                setattr(cur, "url", redact_url(url))  # noqa: B010 - urllib3 errors carry an untyped url
             except AttributeError:  # Defensive: a read-only attribute
                 pass
         cur = cur.__cause__ or cur.__context__

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from .concurrency import AdaptiveLimit
 from .jobs import FileJob, ProgressCallback

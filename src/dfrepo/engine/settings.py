@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from ..errors import ConfigError
 from ..values import parse_bool, parse_size

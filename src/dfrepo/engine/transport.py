@@ -7,7 +7,7 @@ import logging
 import re
 import socket
 import threading
-from typing import Mapping
+from collections.abc import Mapping
 
 import urllib3
 from urllib3.exceptions import (

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Union
+from typing import ClassVar
 from urllib.parse import quote
 
 GCS_DEFAULT_ENDPOINT = "https://storage.googleapis.com"
@@ -153,4 +153,4 @@ class LocalLocation(Location):
         return Path(os.path.abspath(os.path.join(self.path, key))).as_uri()
 
 
-AnyLocation = Union[S3Location, GCSLocation, AzureLocation, LocalLocation]
+AnyLocation = S3Location | GCSLocation | AzureLocation | LocalLocation

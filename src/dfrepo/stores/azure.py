@@ -124,7 +124,7 @@ def list_azure(
 
     # The SDK's default exponential backoff starts at 15 s; a model load should fail
     # faster (the transfer engine retries downloads on its own).
-    retry = LinearRetry(backoff=1.0, random_jitter_range=0.5, retry_total=2)
+    retry = LinearRetry(backoff=1, random_jitter_range=1, retry_total=2)
     service = BlobServiceClient(endpoint, credential=credential, retry_policy=retry,
                                 connection_timeout=min(timeout, 10.0), read_timeout=timeout)
     container = service.get_container_client(location.container)

@@ -109,7 +109,8 @@ def _bucket_region(client: Any, bucket: str) -> str | None:
     except botocore.exceptions.BotoCoreError:
         return None
     headers = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {})
-    return headers.get("x-amz-bucket-region")
+    region = headers.get("x-amz-bucket-region")
+    return str(region) if region else None
 
 
 def _translate(exc: BaseException, location: S3Location, creds: S3Credentials) -> Exception:
