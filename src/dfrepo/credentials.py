@@ -135,7 +135,13 @@ class CredentialFile:
     as_: Mapping[str, AzureCredentials] = field(default_factory=dict)
 
     def entries(self, provider: str) -> Mapping[str, Credentials]:
-        return {"s3": self.s3, "gs": self.gs, "as": self.as_}[provider]  # type: ignore[return-value]
+        if provider == "s3":
+            return self.s3
+        if provider == "gs":
+            return self.gs
+        if provider == "as":
+            return self.as_
+        raise KeyError(provider)
 
     def match(self, location: AnyLocation) -> Credentials:
         """The credential for *location* (longest segment-boundary match).

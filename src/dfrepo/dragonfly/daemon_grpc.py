@@ -73,8 +73,8 @@ class GrpcUnavailable(TransferError):
 def grpc_available() -> str | None:
     """None when the gRPC stubs import, else why not (the ``grpc`` extra is missing)."""
     try:
-        import grpc  # noqa: F401
-        from dragonfly_api import dfdaemon_pb2_grpc  # noqa: F401
+        import grpc  # noqa: F401 - imported only to learn whether the extra is installed
+        from dragonfly_api import dfdaemon_pb2_grpc  # noqa: F401 - the same
     except ImportError as exc:
         return f"the grpc extra is not installed ({exc.name})"
     return None

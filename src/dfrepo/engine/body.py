@@ -56,7 +56,7 @@ class Body:
 
 def _http_response(resp: urllib3.BaseHTTPResponse) -> Any:
     # urllib3 keeps the http.client response it reads from as ``_fp`` (no public accessor).
-    return resp._fp  # type: ignore[attr-defined]
+    return resp._fp  # type: ignore[attr-defined]  # private in urllib3's stubs, stable since 1.x
 
 
 def _plain_socket(resp: urllib3.BaseHTTPResponse, hresp: Any) -> socket.socket | None:

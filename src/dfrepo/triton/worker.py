@@ -128,7 +128,7 @@ class Dispatcher:
         parameters = {str(k): str(v) for k, v in (request.get("parameters") or {}).items()}
         config = request.get("config") if isinstance(request.get("config"), dict) else {}
         ctx = LoadContext(
-            action=action,  # type: ignore[arg-type]
+            action=action,  # type: ignore[arg-type]  # the shim sends only the five action names
             location=location,
             artifact_type="REMOTE_FILESYSTEM" if artifact == "REMOTE_FILESYSTEM" else "FILESYSTEM",
             parameters=parameters,
