@@ -81,6 +81,9 @@ def scale() -> dict[str, Any]:
     s = dict(SCALES[scale_name()])
     if os.environ.get("DFREPO_BENCH_ROUNDS"):
         s["rounds"] = max(1, int(os.environ["DFREPO_BENCH_ROUNDS"]))
+    if os.environ.get("DFREPO_BENCH_IDLE_WAIT"):  # seconds to wait for an idle machine per round
+        s["idle_wait"] = max(0.0, float(os.environ["DFREPO_BENCH_IDLE_WAIT"]))
+        s["idle_retries"] = 0 if s["idle_wait"] == 0 else s["idle_retries"]
     return s
 
 
