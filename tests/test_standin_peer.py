@@ -25,6 +25,7 @@ from urllib.parse import quote
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from servers.require import missing
 
 from dfpeer import DIRECT_SOURCE_THRESHOLD, PeerProcess, StandinPeer
 from dfpeer.server import parse_range
@@ -827,7 +828,7 @@ def test_subprocess_mode(origin: RangeOrigin, tmp_path: Path) -> None:
 def tls_context(tmp_path_factory: pytest.TempPathFactory) -> ssl.SSLContext:
     openssl = shutil.which("openssl")
     if openssl is None:
-        pytest.skip("openssl not available to make a test certificate")
+        missing("openssl", "openssl not available to make a test certificate (apt package openssl)")
     directory = tmp_path_factory.mktemp("tls")
     cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(

@@ -39,14 +39,13 @@ import pytest
 
 pytestmark = [pytest.mark.triton, pytest.mark.servers]
 
-models = pytest.importorskip("servers.models")
 from dfpeer import PeerProcess, StandinPeer
+from servers.models import make_toy_model
+from servers.require import missing
 from servers.triton import TritonHandle, start_triton, triton_home
 from servers.upload import upload_tree_azure, upload_tree_gcs, upload_tree_s3
 
 from dfrepo.triton.install import install_agent
-
-make_toy_model = models.make_toy_model
 
 MiB = 1 << 20
 AGENT = "dragonfly"
@@ -255,7 +254,7 @@ def _s3_creds(s3: Any, secret: str | None = None, extra: dict[str, Any] | None =
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if triton_home() is None:
-        pytest.skip("prepared Triton not found in .cache/triton; run scripts/bootstrap.sh")
+        missing("Triton", "prepared Triton not found in .cache/triton (or $DFREPO_TRITON_HOME)")
     return tmp_path_factory.mktemp("e2e")
 
 
