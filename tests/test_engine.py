@@ -67,13 +67,8 @@ def test_known_size_skips_probe(impl: str, tmp_path: Path) -> None:
     assert (tmp_path / "out").read_bytes() == data
 
 
-def test_ignored_range_falls_back_to_whole_body(impl: str, tmp_path: Path) -> None:
-    data = data_of(500_000)
-    with RangeServer(Knobs(ignore_range=True)) as srv:
-        url = srv.put("/obj", data)
-        download(url, tmp_path / "out", config=small_cfg(), implementation=impl)
-        assert srv.gets == 1
-    assert (tmp_path / "out").read_bytes() == data
+# A 200 to the size probe (Range ignored): test_fault_matrix.py
+# test_net_200_to_range_probe_streams_whole_body.
 
 
 def test_chunked_whole_body(impl: str, tmp_path: Path) -> None:
