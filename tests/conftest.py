@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,3 +27,13 @@ def s3env(seaweedfs, tmp_path: Path) -> dict[str, str]:  # type: ignore[no-untyp
     env.pop("TRITON_CLOUD_CREDENTIAL_PATH", None)
     env["TRITON_DRAGONFLY_CONFIG_PATH"] = str(tmp_path / "no-such-config.json")
     return env
+
+
+@pytest.fixture
+def peer(tmp_path: Path) -> Iterator[object]:
+    """A stand-in Dragonfly peer (peer/dfpeer, in this process) with its data under
+    ``tmp_path/peer-data``; stopped after the test. Use ``.url`` as the proxy."""
+    from dfpeer import StandinPeer
+
+    with StandinPeer(tmp_path / "peer-data") as running:
+        yield running

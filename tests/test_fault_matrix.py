@@ -163,14 +163,6 @@ def model_files(weights: int, seed: int = 3) -> dict[str, bytes]:
             "1/vocab.txt": rnd.randbytes(4000)}
 
 
-@pytest.fixture
-def peer(tmp_path: Path) -> Iterator[object]:
-    from dfpeer import StandinPeer
-
-    with StandinPeer(tmp_path / "peer-data") as p:
-        yield p
-
-
 # =============================================================== network (engine, both impls)
 
 
