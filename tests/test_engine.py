@@ -274,7 +274,7 @@ def test_proxy_absolute_form(impl: str, tmp_path: Path) -> None:
     data = data_of(200_000)
     with RangeServer() as origin, RangeServer() as proxy:
         origin.put("/obj", data)
-        proxy.objects = origin.objects  # the "proxy" serves the same objects
+        proxy.objects, proxy.etags = origin.objects, origin.etags  # the "proxy" serves the same objects
         res = download(origin.url("/obj"), tmp_path / "out", proxy=f"http://127.0.0.1:{proxy.port}",
                        config=small_cfg(), implementation=impl)
         assert origin.gets == 0

@@ -37,8 +37,7 @@ from dfrepo.objects import RemoteObject
 from dfrepo.repo import pull
 from dfrepo.transfer import download
 from faultservers.fault_proxy import close_pair
-from faultservers import FaultProxy, Knobs
-from faultservers import RangeServer as _RangeServer
+from faultservers import FaultProxy, Knobs, RangeServer
 
 IMPLS = ["python"] + (["cython"] if dfrepo.implementation() == "cython" else [])
 LOCATION = "s3://127.0.0.1:9/bucket/m"  # parsed only: every pull here passes objects=
@@ -48,15 +47,6 @@ IS_ROOT = os.geteuid() == 0
 @pytest.fixture(params=IMPLS)
 def impl(request: pytest.FixtureRequest) -> str:
     return request.param
-
-
-def RangeServer(knobs: Knobs | None = None) -> _RangeServer:
-    """The fault server with a 20 ms shutdown poll (the stdlib default of 0.5 s would add
-    half a second to every test)."""
-    srv = _RangeServer(knobs)
-    srv._thread = threading.Thread(target=srv._httpd.serve_forever, kwargs={"poll_interval": 0.02},
-                                   daemon=True)
-    return srv
 
 
 def data_of(n: int, seed: int = 11) -> bytes:
