@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # The stand-in Dragonfly peer is a test fixture, not part of the wheel.
 sys.path.insert(0, str(ROOT / "peer"))
 
+from implementations import IMPLS  # noqa: E402 - pytest puts this folder (tests/) on sys.path
+
 # Real-server fixtures, then: fail the run if a known secret or a signature-shaped value
 # appears in captured output.
 pytest_plugins = ["servers.fixtures", "secrets_guard"]
@@ -37,3 +39,9 @@ def peer(tmp_path: Path) -> Iterator[object]:
 
     with StandinPeer(tmp_path / "peer-data") as running:
         yield running
+
+
+@pytest.fixture(params=IMPLS)
+def impl(request: pytest.FixtureRequest) -> str:
+    """Each transfer-engine implementation of this run (tests/implementations.py)."""
+    return request.param

@@ -12,20 +12,11 @@ from pathlib import Path
 
 import pytest
 
-import dfrepo
 from dfrepo import errors
 from dfrepo.config import MiB, TransferConfig
 from dfrepo.transfer import DownloadRequest, Downloader, download
 from faultservers import FaultProxy, Knobs, RangeServer
-
-IMPLS = ["python"] + (["cython"] if dfrepo.implementation() == "cython" else [])
-if os.environ.get("DFREPO_REQUIRE_EXTENSION") == "1":
-    assert "cython" in IMPLS, "the compiled core must be built in this run"
-
-
-@pytest.fixture(params=IMPLS)
-def impl(request: pytest.FixtureRequest) -> str:
-    return request.param
+from implementations import IMPLS
 
 
 def data_of(n: int, seed: int = 7) -> bytes:

@@ -29,7 +29,6 @@ from typing import Iterator
 
 import pytest
 
-import dfrepo
 from dfrepo import errors
 from dfrepo.config import MiB, TransferConfig
 from dfrepo.dragonfly import DragonflyConfig
@@ -38,15 +37,10 @@ from dfrepo.repo import pull
 from dfrepo.transfer import download
 from faultservers.fault_proxy import close_pair
 from faultservers import FaultProxy, Knobs, RangeServer
+from implementations import IMPLS
 
-IMPLS = ["python"] + (["cython"] if dfrepo.implementation() == "cython" else [])
 LOCATION = "s3://127.0.0.1:9/bucket/m"  # parsed only: every pull here passes objects=
 IS_ROOT = os.geteuid() == 0
-
-
-@pytest.fixture(params=IMPLS)
-def impl(request: pytest.FixtureRequest) -> str:
-    return request.param
 
 
 def data_of(n: int, seed: int = 11) -> bytes:
