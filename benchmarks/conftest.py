@@ -91,10 +91,11 @@ def bench_bucket(seaweedfs):
 
 @pytest.fixture(scope="session")
 def real_cluster(tmp_path_factory):
-    """The real Dragonfly for benchmarks: scheduler + seed + four peers (fan-out up to N=4)."""
-    from servers.dragonfly import start_dragonfly_cluster
+    """The real Dragonfly for benchmarks: scheduler + seed + four peers (fan-out up to N=4).
+    Missing binaries fail the benchmark (run scripts/build-dragonfly.sh)."""
+    from servers.fixtures import start_dragonfly_or_fail
 
-    cluster = start_dragonfly_cluster(tmp_path_factory.mktemp("bench-dragonfly"), peers=4)
+    cluster = start_dragonfly_or_fail(tmp_path_factory.mktemp("bench-dragonfly"), peers=4)
     try:
         yield cluster
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,11 @@ ROOT = Path(__file__).resolve().parent.parent
 # The stand-in Dragonfly peer is a test fixture, not part of the wheel.
 sys.path.insert(0, str(ROOT / "peer"))
 
-pytest_plugins = ["servers.fixtures"] if (ROOT / "tests" / "servers" / "fixtures.py").exists() else []
-# Fails the run if a known secret or a signature-shaped value appears in captured output.
-pytest_plugins.append("secrets_guard")
+from implementations import IMPLS  # noqa: E402 - pytest puts this folder (tests/) on sys.path
+
+# Real-server fixtures, then: fail the run if a known secret or a signature-shaped value
+# appears in captured output.
+pytest_plugins = ["servers.fixtures", "secrets_guard"]
 
 
 @pytest.fixture
@@ -26,3 +29,19 @@ def s3env(seaweedfs, tmp_path: Path) -> dict[str, str]:  # type: ignore[no-untyp
     env.pop("TRITON_CLOUD_CREDENTIAL_PATH", None)
     env["TRITON_DRAGONFLY_CONFIG_PATH"] = str(tmp_path / "no-such-config.json")
     return env
+
+
+@pytest.fixture
+def peer(tmp_path: Path) -> Iterator[object]:
+    """A stand-in Dragonfly peer (peer/dfpeer, in this process) with its data under
+    ``tmp_path/peer-data``; stopped after the test. Use ``.url`` as the proxy."""
+    from dfpeer import StandinPeer
+
+    with StandinPeer(tmp_path / "peer-data") as running:
+        yield running
+
+
+@pytest.fixture(params=IMPLS)
+def impl(request: pytest.FixtureRequest) -> str:
+    """Each transfer-engine implementation of this run (tests/implementations.py)."""
+    return request.param

@@ -50,19 +50,16 @@ _FIXTURE_SECRET_ATTRS = {
 
 
 def _default_secrets() -> set[str]:
+    import inspect
+
+    from servers.azure import AZURITE_KEY
+    from servers.s3 import start_seaweedfs
+
     found = set(STATIC_SECRETS)
-    try:
-        import inspect
-
-        from servers.azure import AZURITE_KEY
-        from servers.s3 import start_seaweedfs
-
-        found.add(AZURITE_KEY)
-        default = inspect.signature(start_seaweedfs).parameters["secret_key"].default
-        if isinstance(default, str):
-            found.add(default)
-    except Exception:  # noqa: BLE001 - the server helpers are optional
-        pass
+    found.add(AZURITE_KEY)
+    default = inspect.signature(start_seaweedfs).parameters["secret_key"].default
+    if isinstance(default, str):
+        found.add(default)
     return found
 
 

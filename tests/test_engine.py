@@ -12,22 +12,13 @@ from pathlib import Path
 
 import pytest
 
-import dfrepo
 from dfrepo import errors
 from dfrepo.engine.settings import MiB, TransferConfig
 from dfrepo.engine import DownloadRequest, Downloader, download
 from dfrepo.engine.fs import FileSystem
 from dfrepo.redact import redact_url
 from faultservers import FaultProxy, Knobs, RangeServer
-
-IMPLS = ["python"] + (["cython"] if dfrepo.implementation() == "cython" else [])
-if os.environ.get("DFREPO_REQUIRE_EXTENSION") == "1":
-    assert "cython" in IMPLS, "the compiled core must be built in this run"
-
-
-@pytest.fixture(params=IMPLS)
-def impl(request: pytest.FixtureRequest) -> str:
-    return request.param
+from implementations import IMPLS
 
 
 def data_of(n: int, seed: int = 7) -> bytes:
@@ -69,13 +60,8 @@ def test_known_size_skips_probe(impl: str, tmp_path: Path) -> None:
     assert (tmp_path / "out").read_bytes() == data
 
 
-def test_ignored_range_falls_back_to_whole_body(impl: str, tmp_path: Path) -> None:
-    data = data_of(500_000)
-    with RangeServer(Knobs(ignore_range=True)) as srv:
-        url = srv.put("/obj", data)
-        download(url, tmp_path / "out", config=small_cfg(), implementation=impl)
-        assert srv.gets == 1
-    assert (tmp_path / "out").read_bytes() == data
+# A 200 to the size probe (Range ignored): test_fault_matrix.py
+# test_net_200_to_range_probe_streams_whole_body.
 
 
 def test_chunked_whole_body(impl: str, tmp_path: Path) -> None:
@@ -283,7 +269,7 @@ def test_proxy_absolute_form(impl: str, tmp_path: Path) -> None:
     data = data_of(200_000)
     with RangeServer() as origin, RangeServer() as proxy:
         origin.put("/obj", data)
-        proxy.objects = origin.objects  # the "proxy" serves the same objects
+        proxy.objects, proxy.etags = origin.objects, origin.etags  # the "proxy" serves the same objects
         res = download(origin.url("/obj"), tmp_path / "out", proxy=f"http://127.0.0.1:{proxy.port}",
                        config=small_cfg(), implementation=impl)
         assert origin.gets == 0

@@ -29,7 +29,6 @@ from typing import Iterator
 
 import pytest
 
-import dfrepo
 from dfrepo import errors
 from dfrepo.engine.settings import MiB, TransferConfig
 from dfrepo.dragonfly import DragonflyConfig
@@ -37,26 +36,11 @@ from dfrepo.objects import RemoteObject
 from dfrepo.pull import pull
 from dfrepo.engine import DownloadRequest, Downloader, download
 from faultservers.fault_proxy import close_pair
-from faultservers import FaultProxy, Knobs
-from faultservers import RangeServer as _RangeServer
+from faultservers import FaultProxy, Knobs, RangeServer
+from implementations import IMPLS
 
-IMPLS = ["python"] + (["cython"] if dfrepo.implementation() == "cython" else [])
 LOCATION = "s3://127.0.0.1:9/bucket/m"  # parsed only: every pull here passes objects=
 IS_ROOT = os.geteuid() == 0
-
-
-@pytest.fixture(params=IMPLS)
-def impl(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
-def RangeServer(knobs: Knobs | None = None) -> _RangeServer:
-    """The fault server with a 20 ms shutdown poll (the stdlib default of 0.5 s would add
-    half a second to every test)."""
-    srv = _RangeServer(knobs)
-    srv._thread = threading.Thread(target=srv._httpd.serve_forever, kwargs={"poll_interval": 0.02},
-                                   daemon=True)
-    return srv
 
 
 def data_of(n: int, seed: int = 11) -> bytes:
@@ -161,14 +145,6 @@ def model_files(weights: int, seed: int = 3) -> dict[str, bytes]:
     rnd = random.Random(seed)
     return {"config.pbtxt": b'name: "m"\n', "1/model.bin": rnd.randbytes(weights),
             "1/vocab.txt": rnd.randbytes(4000)}
-
-
-@pytest.fixture
-def peer(tmp_path: Path) -> Iterator[object]:
-    from dfpeer import StandinPeer
-
-    with StandinPeer(tmp_path / "peer-data") as p:
-        yield p
 
 
 # =============================================================== network (engine, both impls)

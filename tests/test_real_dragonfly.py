@@ -249,15 +249,11 @@ def test_triton_loads_through_the_real_peer(dragonfly_cluster, seaweedfs, triton
 
 
 @pytest.fixture(params=["real", "standin"])
-def any_peer(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+def any_peer(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     """The same proxy API (``.url``) from the real dfdaemon and from the stand-in."""
     if request.param == "real":
-        yield request.getfixturevalue("dragonfly_cluster").peers[0]
-        return
-    from dfpeer import StandinPeer
-
-    with StandinPeer(tmp_path / "standin") as peer:
-        yield peer
+        return request.getfixturevalue("dragonfly_cluster").peers[0]
+    return request.getfixturevalue("peer")
 
 
 def test_same_pull_on_the_real_and_the_standin_peer(any_peer, seaweedfs, s3env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -18,20 +18,6 @@ pytestmark = pytest.mark.servers
 MiB = 1024 * 1024
 
 
-
-
-
-
-
-
-@pytest.fixture
-def peer(tmp_path: Path):  # type: ignore[no-untyped-def]
-    from dfpeer import StandinPeer
-
-    with StandinPeer(tmp_path / "peer-data") as p:
-        yield p
-
-
 CFG = TransferConfig(range_size=1 * MiB, concurrency=4, fsync=False)
 
 

@@ -61,14 +61,6 @@ def debug_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="dfrepo")
 
 
-@pytest.fixture
-def peer(tmp_path: Path):  # type: ignore[no-untyped-def]
-    from dfpeer import StandinPeer
-
-    with StandinPeer(tmp_path / "peer-data") as p:
-        yield p
-
-
 def _model(root: Path) -> dict[str, bytes]:
     files = {"config.pbtxt": b'name: "m"\n', "1/model.bin": os.urandom(200_000)}
     for rel, data in files.items():

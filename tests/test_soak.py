@@ -25,8 +25,7 @@ from dfrepo import errors
 from dfrepo.engine.settings import TransferConfig
 from dfrepo.dragonfly import DragonflyConfig
 from dfrepo.engine import DownloadRequest, Downloader
-from faultservers import Knobs
-from faultservers import RangeServer as _RangeServer
+from faultservers import Knobs, RangeServer
 
 SECONDS = float(os.environ.get("DFREPO_SOAK_SECONDS", "15"))
 MAX_DOWNLOADS = int(os.environ.get("DFREPO_SOAK_MAX", "100000"))
@@ -88,8 +87,7 @@ def test_soak(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     out_dir = tmp_path / "out"
     out_dir.mkdir()
 
-    srv = _RangeServer(Knobs())
-    srv._thread = threading.Thread(target=srv._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    srv = RangeServer(Knobs(), poll_interval=0.05)
     # The peer runs as its own process so only dfrepo's fds/threads are measured here.
     with srv, PeerProcess(tmp_path / "peer") as peer:
         df = DragonflyConfig(proxy=peer.url, fallback_direct=False)

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from servers.models import make_toy_model
 from test_triton_bridge import AGENTS_SOURCE, build_shim
 
 from dfrepo.triton import install_agent
 
 pytestmark = pytest.mark.triton
-
-models = pytest.importorskip("servers.models")
-make_toy_model = models.make_toy_model
 
 AGENT = "dragonfly"  # the drop-in name; the Python class is picked per model
 
@@ -102,15 +99,7 @@ def test_unload_reload_does_not_leak_workers(triton_server: Any, repoagents: Pat
     assert server.is_live()
 
 
-def _have_pull() -> bool:
-    if importlib.util.find_spec("dfrepo.pull") is None:
-        return False
-    # ``dfrepo.pull`` the attribute is the function; the module is in sys.modules.
-    return hasattr(importlib.import_module("dfrepo.pull"), "pull")
-
-
 @pytest.mark.servers
-@pytest.mark.skipif(not _have_pull(), reason="dfrepo.pull is not there yet")
 def test_dragonfly_agent_pulls_s3_model(triton_server: Any, seaweedfs: Any, repoagents: Path,
                                         tmp_path: Path) -> None:
     from servers.upload import upload_tree_s3

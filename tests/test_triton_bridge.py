@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from servers.require import missing
 
 from dfrepo.errors import ConfigError, RepoAgentError
 from dfrepo.triton import (
@@ -110,7 +111,7 @@ def build_shim(out_dir: Path) -> Path:
     except RepoAgentError:
         pass
     if shutil.which("gcc") is None:
-        pytest.skip("gcc is needed to build the repository-agent shim")
+        missing("gcc", "gcc is needed to build the repository-agent shim (apt package gcc)")
     out = out_dir / "_agent_shim.so"
     subprocess.run(
         ["gcc", "-O2", "-Wall", "-Werror", "-shared", "-fPIC", "-o", str(out), str(SHIM_SOURCE),
@@ -441,7 +442,7 @@ int main(int argc, char** argv) {
 def fake_triton(tmp_path_factory: pytest.TempPathFactory, agents_dir: Path) -> tuple[Path, Path]:
     """(fake_triton executable, installed shim) -- the shim installed with an interpreter record."""
     if shutil.which("gcc") is None:
-        pytest.skip("gcc is needed for the fake Triton")
+        missing("gcc", "gcc is needed for the fake Triton (apt package gcc)")
     d = tmp_path_factory.mktemp("fake_triton")
     src = d / "fake_triton.c"
     src.write_text(FAKE_TRITON_C)
@@ -463,7 +464,7 @@ def drive(fake: tuple[Path, Path], script: str, env: dict[str, str] | None = Non
 def test_shim_exports_only_the_agent_api(fake_triton: tuple[Path, Path]) -> None:
     nm = shutil.which("nm")
     if nm is None:
-        pytest.skip("nm not installed")
+        missing("nm", "nm not installed (apt package binutils, a dependency of gcc)")
     out = subprocess.run([nm, "-D", "--defined-only", str(fake_triton[1])], check=True, capture_output=True, text=True).stdout
     names = {line.split()[-1] for line in out.splitlines() if line.strip()}
     assert names == {"TRITONREPOAGENT_Initialize", "TRITONREPOAGENT_Finalize", "TRITONREPOAGENT_ModelAction"}

@@ -1,14 +1,18 @@
 """A tiny range-capable origin server for tests (stdlib only, loopback, threaded).
 
 ``RangeOrigin`` serves in-memory objects by path (the query string is ignored,
-so presigned-looking URLs work), honours a single ``Range``, answers HEAD and
-PUT, can be told to fail a path with any status, and records every request.
+so presigned-looking URLs work), honours a single ``Range`` (parsed like the peer
+does, :func:`dfpeer.server.parse_range`), answers HEAD and PUT, can be told to fail
+a path with any status, and records every request. Test suites extend it through
+``handler_class`` (a subclass of :class:`OriginHandler`); dfrepo's fault server
+(tests/faultservers) does.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ssl
+import sys
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,7 +20,9 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["RangeOrigin", "OriginRequest"]
+from .server import parse_range
+
+__all__ = ["OriginHandler", "OriginRequest", "RangeOrigin"]
 
 
 @dataclass(frozen=True)
@@ -39,7 +45,9 @@ class _Failure:
     after: int = 0  # let this many requests through first
 
 
-class _OriginHandler(BaseHTTPRequestHandler):
+class OriginHandler(BaseHTTPRequestHandler):
+    """Request handler of :class:`RangeOrigin` (``self.server.origin`` is the origin)."""
+
     protocol_version = "HTTP/1.1"
     server: "_OriginServer"
 
@@ -119,7 +127,7 @@ class _OriginHandler(BaseHTTPRequestHandler):
         if request.range is None or not origin.honour_range:
             self._send(200, base + [("Content-Length", str(size))], memoryview(data))
             return
-        span = _parse_single_range(request.range, size)
+        span = parse_range(request.range, size)
         if span is None:
             self._send(416, base + [("Content-Range", f"bytes */{size}"), ("Content-Length", "0")])
             return
@@ -142,25 +150,16 @@ class _OriginHandler(BaseHTTPRequestHandler):
         self._send(200, [("ETag", self.server.origin.etags[path]), ("Content-Length", "0")])
 
 
-def _parse_single_range(value: str, size: int) -> tuple[int, int] | None:
-    unit, _, spec = value.partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec or size == 0:
-        return None
-    first, _, last = spec.strip().partition("-")
-    try:
-        if not first:
-            count = int(last)
-            return (max(0, size - count), size - 1) if count > 0 else None
-        start = int(first)
-        end = min(int(last), size - 1) if last else size - 1
-    except ValueError:
-        return None
-    return (start, end) if start <= end else None
-
-
 class _OriginServer(ThreadingHTTPServer):
     daemon_threads = True
     origin: "RangeOrigin"
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients that hang up (tests cut connections on purpose) are not errors."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            return
+        super().handle_error(request, client_address)
 
 
 class RangeOrigin:
@@ -170,9 +169,14 @@ class RangeOrigin:
     ``origin.fail("/bucket/x", 403, b"AccessDenied", times=1)``.
     """
 
-    def __init__(self, host: str = "127.0.0.1", *, ssl_context: ssl.SSLContext | None = None) -> None:
+    #: Handles every request; subclass :class:`OriginHandler` to change the answers.
+    handler_class: type[OriginHandler] = OriginHandler
+
+    def __init__(self, host: str = "127.0.0.1", *, ssl_context: ssl.SSLContext | None = None,
+                 poll_interval: float = 0.1) -> None:
         self.host = host
         self.ssl_context = ssl_context  # server-side context: serve HTTPS
+        self.poll_interval = poll_interval  # serve_forever's poll: how long close() may wait
         self.lock = threading.Lock()
         self.objects: dict[str, bytes] = {}
         self.etags: dict[str, str] = {}
@@ -184,11 +188,12 @@ class RangeOrigin:
         self._thread: threading.Thread | None = None
         self.port = 0
 
-    def put(self, path: str, data: bytes) -> None:
-        """Store (or replace) an object."""
+    def put(self, path: str, data: bytes) -> str:
+        """Store (or replace) an object; returns its URL (valid once bound)."""
         with self.lock:
             self.objects[path] = data
             self.etags[path] = '"' + hashlib.md5(data).hexdigest() + '"'
+        return self.url_for(path)
 
     def fail(self, path: str, status: int, body: bytes = b"", *, headers: list[tuple[str, str]] | None = None,
              times: int | None = None, after: int = 0) -> None:
@@ -217,21 +222,31 @@ class RangeOrigin:
         scheme = "https" if self.ssl_context is not None else "http"
         return f"{scheme}://{self.host}:{self.port}{path}" + (f"?{query}" if query else "")
 
+    def bind(self) -> "RangeOrigin":
+        """Bind a free port (``.port``) without serving yet; :meth:`start` does both."""
+        if self._server is None:
+            self._server = _OriginServer((self.host, 0), self.handler_class)
+            self._server.origin = self
+            if self.ssl_context is not None:
+                self._server.socket = self.ssl_context.wrap_socket(self._server.socket, server_side=True)
+            self.port = int(self._server.server_address[1])
+        return self
+
     def start(self) -> "RangeOrigin":
-        """Bind a free port and serve on a background thread."""
-        self._server = _OriginServer((self.host, 0), _OriginHandler)
-        self._server.origin = self
-        if self.ssl_context is not None:
-            self._server.socket = self.ssl_context.wrap_socket(self._server.socket, server_side=True)
-        self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        """Bind a free port (unless bound) and serve on a background thread."""
+        server = self.bind()._server
+        assert server is not None
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": self.poll_interval},
+                                        daemon=True)
         self._thread.start()
         return self
 
     def close(self) -> None:
         """Stop serving."""
         if self._server is not None:
-            self._server.shutdown()
+            if self._thread is not None:
+                self._server.shutdown()
+                self._thread = None
             self._server.server_close()
             self._server = None
 

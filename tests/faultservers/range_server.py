@@ -1,20 +1,22 @@
-"""A stdlib range server on 127.0.0.1 with knobs that make it misbehave on purpose.
+"""The stand-in's test origin (``dfpeer.testing.RangeOrigin``) with knobs that make it misbehave.
 
-Objects are registered by path; responses honour ``Range`` (one range), ``ETag`` and
-``If-Match`` like S3 does, unless a knob says otherwise.
+Objects are registered by path; responses honour ``Range`` (one range, parsed like the peer
+does), ``ETag`` and ``If-Match`` like S3 does, unless a knob says otherwise. Serving, storage,
+range parsing and the request log are RangeOrigin's; this module adds the faults and the
+counters the engine tests assert on.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
 import socket
-import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+from dfpeer.server import parse_range
+from dfpeer.testing import OriginHandler, OriginRequest, RangeOrigin
+
+#: Query of :meth:`RangeServer.url` by default: presigned-looking (the secrets guard knows it).
+PRESIGNED_QUERY = "X-Amz-Signature=secretsig123&X-Amz-Date=20260101"
 
 
 @dataclass
@@ -35,220 +37,178 @@ class Knobs:
     change_after: int | None = None     # after N GETs the object content (and ETag) changes
     chunked: bool = False               # no Content-Length, chunked transfer encoding
     error_doc_200: bool = False         # 200 with an XML error document
-    range_416_for_empty: bool = True    # S3-like 416 for bytes=0-0 on an empty object
     legacy_range_200: bool = False      # 200 + Content-Range for ranges (dfdaemon < v1.3.11)
-
-
-class _QuietServer(ThreadingHTTPServer):
-    """Client disconnects are part of the faults under test: no tracebacks on stderr
-    (they would land in whatever test happens to be capturing output at the time)."""
-
-    daemon_threads = True
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        pass
-
-
-@dataclass
-class _Obj:
-    data: bytes
-    etag: str = ""
-
-    def __post_init__(self) -> None:
-        self.etag = hashlib.md5(self.data).hexdigest()
 
 
 @dataclass
 class Seen:
     method: str
-    path: str
+    path: str  # the request target as sent (absolute-form through a proxy)
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class RangeServer:
-    """``with RangeServer() as srv: srv.put("/a", data); srv.url("/a")``."""
-
-    def __init__(self, knobs: Knobs | None = None) -> None:
-        self.knobs = knobs or Knobs()
-        self.objects: dict[str, _Obj] = {}
-        self.seen: list[Seen] = []
-        self._lock = threading.Lock()
-        self._gets = 0
-        self._truncated = 0
-        self._stalled = 0
-        self._active = 0
-        #: Most GETs that were being answered at the same time.
-        self.max_active = 0
-        #: ``Range`` header of every GET (None = no Range), in arrival order.
-        self.ranges: list[str | None] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_HEAD(self) -> None:
-                outer._handle(self, head=True)
-
-            def do_GET(self) -> None:
-                with outer._lock:
-                    outer._active += 1
-                    outer.max_active = max(outer.max_active, outer._active)
-                    outer.ranges.append(self.headers.get("Range"))
-                try:
-                    outer._handle(self, head=False)
-                finally:
-                    with outer._lock:
-                        outer._active -= 1
-
-        self._httpd = _QuietServer(("127.0.0.1", 0), Handler)
-        self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> RangeServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    def put(self, path: str, data: bytes) -> str:
-        self.objects[path] = _Obj(data)
-        return self.url(path)
-
-    def etag(self, path: str) -> str:
-        return self.objects[path].etag
-
-    def url(self, path: str, query: str = "X-Amz-Signature=secretsig123&X-Amz-Date=20260101") -> str:
-        return f"http://127.0.0.1:{self.port}{path}" + (f"?{query}" if query else "")
-
+class _FaultHandler(OriginHandler):
     @property
-    def gets(self) -> int:
-        return self._gets
+    def srv(self) -> RangeServer:
+        return self.server.origin  # type: ignore[return-value]  # handler_class of a RangeServer
 
-    # -- request handling ----------------------------------------------------------------
+    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        srv = self.srv
+        with srv.lock:
+            srv._active += 1
+            srv.max_active = max(srv.max_active, srv._active)
+            srv.ranges.append(self.headers.get("Range"))
+        try:
+            self._get()
+        finally:
+            with srv.lock:
+                srv._active -= 1
 
-    def _handle(self, h: BaseHTTPRequestHandler, head: bool) -> None:
-        k = self.knobs
-        path = h.path.split("?", 1)[0]
-        if h.path.startswith(("http://", "https://")):
-            path = "/" + h.path.split("/", 3)[3].split("?", 1)[0]
-        with self._lock:
-            self.seen.append(Seen(h.command, h.path, dict(h.headers.items())))
+    def _record(self) -> tuple[str, OriginRequest]:
+        path, request = super()._record()
+        srv = self.srv
+        with srv.lock:
+            srv.seen.append(Seen(self.command, self.path, dict(self.headers.items())))
+        return path, request
+
+    def _get(self) -> None:
+        srv = self.srv
+        k = srv.knobs
+        head = self.command == "HEAD"
+        path, _ = self._record()
+        n, replace = 0, None
+        with srv.lock:
             if not head:
-                self._gets += 1
-                n = self._gets
-                if k.change_after is not None and n == k.change_after + 1 and path in self.objects:
-                    old = self.objects[path].data
-                    self.objects[path] = _Obj(bytes(b ^ 0xFF for b in old[:1]) + old[1:])
-            else:
-                n = 0
-        obj = self.objects.get(path)
+                srv._gets += 1
+                n = srv._gets
+                if k.change_after is not None and n == k.change_after + 1 and path in srv.objects:
+                    old = srv.objects[path]
+                    replace = bytes(b ^ 0xFF for b in old[:1]) + old[1:]
+        if replace is not None:
+            srv.put(path, replace)
+        with srv.lock:
+            data, etag = srv.objects.get(path), srv.etags.get(path, "").strip('"')
         if not head and n <= k.fail_first:
-            self._send_status(h, k.fail_status, retry_after=k.retry_after)
+            self._send_status(k.fail_status, retry_after=k.retry_after)
             return
-        if obj is None:
-            self._send_status(h, 404)
+        if data is None:
+            self._send_status(404)
             return
         if k.error_doc_200 and not head:
             body = b"<?xml version='1.0'?><Error><Code>SlowDown</Code></Error>"
-            h.send_response(200)
-            h.send_header("Content-Length", str(len(body)))
-            h.end_headers()
-            h.wfile.write(body)
+            self._send(200, [("Content-Length", str(len(body)))], body)
             return
-        if_match = h.headers.get("If-Match")
-        if if_match and if_match.strip('"') != obj.etag:
-            self._send_status(h, 412)
+        if_match = self.headers.get("If-Match")
+        if if_match and if_match.strip('"') != etag:
+            self._send_status(412)
             return
-        data = obj.data
         size = len(data)
         status, start, end = 200, 0, size - 1
-        rng = h.headers.get("Range")
+        rng = self.headers.get("Range")
         if rng and not k.ignore_range:
-            m = _RANGE.match(rng.strip())
-            if not m:
-                self._send_status(h, 416)
+            span = parse_range(rng, size)
+            if span is None:
+                self._send(416, [("Content-Range", f"bytes */{size}"), ("Content-Length", "0")])
                 return
-            a, b = m.groups()
-            if a == "":
-                start, end = max(0, size - int(b)), size - 1
-            else:
-                start, end = int(a), min(int(b) if b else size - 1, size - 1)
-            if size == 0 or start >= size:
-                h.send_response(416)
-                h.send_header("Content-Range", f"bytes */{size}")
-                h.send_header("Content-Length", "0")
-                h.end_headers()
-                return
-            status = 206
+            (start, end), status = span, 206
         body = memoryview(data)[start : end + 1]
-        if status == 206 and k.legacy_range_200:
-            status = 200  # the Content-Range below still says which bytes these are
-            h.send_response(200)
-        else:
-            h.send_response(status)
-        h.send_header("ETag", f'"{obj.etag}"')
-        h.send_header("Accept-Ranges", "bytes")
+        headers = [("ETag", f'"{etag}"'), ("Accept-Ranges", "bytes")]
         if status == 206 or (k.legacy_range_200 and rng and not k.ignore_range):
             shown_end = end + 1 if k.bad_content_range else end
-            h.send_header("Content-Range", f"bytes {start}-{shown_end}/{size}")
+            headers.append(("Content-Range", f"bytes {start}-{shown_end}/{size}"))
         if k.chunked and not head:
-            h.send_header("Transfer-Encoding", "chunked")
+            headers.append(("Transfer-Encoding", "chunked"))
         else:
-            h.send_header("Content-Length", str(len(body) + (1 if k.wrong_length else 0)))
-        h.end_headers()
-        if head:
-            return
-        self._send_body(h, body)
+            headers.append(("Content-Length", str(len(body) + (1 if k.wrong_length else 0))))
+        if status == 206 and k.legacy_range_200:
+            status = 200  # the Content-Range above still says which bytes these are
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.end_headers()
+        if not head:
+            self._send_body(body)
 
-    def _send_body(self, h: BaseHTTPRequestHandler, body: memoryview) -> None:
-        k = self.knobs
+    def _send_body(self, body: memoryview) -> None:
+        srv = self.srv
+        k = srv.knobs
         limit = len(body)
         cut = False
-        with self._lock:
-            if k.truncate_at is not None and self._truncated < k.truncate_times and limit > k.truncate_at:
-                self._truncated += 1
+        with srv.lock:
+            if k.truncate_at is not None and srv._truncated < k.truncate_times and limit > k.truncate_at:
+                srv._truncated += 1
                 limit, cut = k.truncate_at, True
-            stall = k.stall_seconds > 0 and self._stalled < k.stall_times
+            stall = k.stall_seconds > 0 and srv._stalled < k.stall_times
             if stall:
-                self._stalled += 1
+                srv._stalled += 1
         if stall:
             time.sleep(k.stall_seconds)
         try:
             if k.chunked:
                 for i in range(0, limit, 65536):
                     piece = body[i : min(i + 65536, limit)]
-                    h.wfile.write(f"{len(piece):x}\r\n".encode() + bytes(piece) + b"\r\n")
+                    self.wfile.write(f"{len(piece):x}\r\n".encode() + bytes(piece) + b"\r\n")
                 if not cut:
-                    h.wfile.write(b"0\r\n\r\n")
+                    self.wfile.write(b"0\r\n\r\n")
             elif k.trickle_bytes_per_s:
                 step = max(1, k.trickle_bytes_per_s // 20)
                 for i in range(0, limit, step):
-                    h.wfile.write(body[i : min(i + step, limit)])
-                    h.wfile.flush()
+                    self.wfile.write(body[i : min(i + step, limit)])
+                    self.wfile.flush()
                     time.sleep(0.05)
             else:
-                h.wfile.write(body[:limit])
-            h.wfile.flush()
+                self.wfile.write(body[:limit])
+            self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             return
         if cut:
-            h.close_connection = True
+            self.close_connection = True
             try:
-                h.connection.shutdown(socket.SHUT_RDWR)
+                self.connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
 
-    @staticmethod
-    def _send_status(h: BaseHTTPRequestHandler, status: int, retry_after: str | None = None) -> None:
+    def _send_status(self, status: int, retry_after: str | None = None) -> None:
         body = f"<Error><Code>{status}</Code></Error>".encode()
-        h.send_response(status)
-        if retry_after:
-            h.send_header("Retry-After", retry_after)
-        h.send_header("Content-Length", str(len(body)))
-        h.end_headers()
-        h.wfile.write(body)
+        headers = [("Retry-After", retry_after)] if retry_after else []
+        self._send(status, [*headers, ("Content-Length", str(len(body)))], body)
+
+
+class RangeServer(RangeOrigin):
+    """``with RangeServer() as srv: srv.put("/a", data); srv.url("/a")``.
+
+    The port is bound at construction (``.port``, ``.url()`` work before the ``with``).
+    ``poll_interval`` bounds how long leaving the ``with`` waits for the serving thread.
+    """
+
+    handler_class = _FaultHandler
+
+    def __init__(self, knobs: Knobs | None = None, *, poll_interval: float = 0.02) -> None:
+        super().__init__(poll_interval=poll_interval)
+        self.knobs = knobs or Knobs()
+        self.seen: list[Seen] = []
+        #: ``Range`` header of every GET (None = no Range), in arrival order.
+        self.ranges: list[str | None] = []
+        #: Most GETs that were being answered at the same time.
+        self.max_active = 0
+        self._gets = 0
+        self._truncated = 0
+        self._stalled = 0
+        self._active = 0
+        self.bind()
+
+    def put(self, path: str, data: bytes) -> str:
+        """Store (or replace) an object; returns its presigned-looking URL (:meth:`url`)."""
+        super().put(path, data)
+        return self.url(path)
+
+    def etag(self, path: str) -> str:
+        """The object's ETag without quotes (its MD5)."""
+        return self.etags[path].strip('"')
+
+    def url(self, path: str, query: str = PRESIGNED_QUERY) -> str:
+        return self.url_for(path, query)
+
+    @property
+    def gets(self) -> int:
+        return self._gets

@@ -2,8 +2,9 @@
 
 Session fixtures: ``seaweedfs``, ``moto_s3``, ``azurite``, ``azurite_tls``, ``fake_gcs``, ``nginx_origin``.
 Function fixture: ``triton_server`` (a factory; every server it started is stopped at teardown).
-A fixture whose binary is missing skips the test with the reason; scripts/bootstrap.sh
-installs them all.
+A fixture whose binary is missing skips the test with the reason, or fails it when
+``DFREPO_REQUIRE_SERVERS=1`` (scripts/test.sh; see tests/servers/require.py);
+scripts/bootstrap.sh installs them all.
 Session fixture ``dragonfly_cluster`` (real scheduler + seed peer + 2 peers, tests/servers/dragonfly.py)
 is the exception: missing Dragonfly binaries *fail* the test, with the instruction to run
 scripts/build-dragonfly.sh.
@@ -22,6 +23,7 @@ from .azure import AzuriteServer, AzuriteTlsServer, start_azurite, start_azurite
 from .dragonfly import DragonflyBinariesMissing, DragonflyCluster, start_dragonfly_cluster
 from .gcs import FakeGcsServer, start_fake_gcs
 from .nginx import NginxOrigin, start_nginx
+from .require import missing
 from .s3 import S3Server, start_moto, start_seaweedfs
 from .triton import TritonHandle, start_triton
 
@@ -34,77 +36,80 @@ __all__ = [
     "moto_s3",
     "nginx_origin",
     "seaweedfs",
+    "start_dragonfly_or_fail",
     "triton_server",
 ]
 
-T = TypeVar("T")
+S = TypeVar("S", bound="_Stoppable")
 
 
-def _start_or_skip(what: str, start: Callable[[], T]) -> T:
+class _Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+def _start_or_skip(what: str, start: Callable[[], S]) -> S:
+    """``start()``; a missing binary (FileNotFoundError) skips the test, or fails it under
+    ``DFREPO_REQUIRE_SERVERS=1`` (scripts/test.sh)."""
     try:
         return start()
     except FileNotFoundError as exc:
-        pytest.skip(f"{what} unavailable: {exc}")
+        problem = exc
+    missing(what, problem)  # outside the except: no chained traceback
+
+
+def _serve(what: str, start: Callable[[Path], S], workdir: Callable[[], Path]) -> Iterator[S]:
+    """Body of a session server fixture: start in a fresh workdir, yield, stop."""
+    server = _start_or_skip(what, lambda: start(workdir()))
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
 def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """SeaweedFS ``weed mini`` (checks SigV4) behind a request-recording relay."""
-    server = _start_or_skip("SeaweedFS", lambda: start_seaweedfs(tmp_path_factory.mktemp("seaweedfs")))
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _serve("SeaweedFS", start_seaweedfs, lambda: tmp_path_factory.mktemp("seaweedfs"))
 
 
 @pytest.fixture(scope="session")
 def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """moto's S3 server (no signature checks) behind a request-recording relay."""
-    server = _start_or_skip("moto", lambda: start_moto(tmp_path_factory.mktemp("moto")))
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _serve("moto", start_moto, lambda: tmp_path_factory.mktemp("moto"))
 
 
 @pytest.fixture(scope="session")
 def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteServer]:
     """Azurite blob service over HTTP (telemetry disabled)."""
-    server = _start_or_skip("Azurite", lambda: start_azurite(tmp_path_factory.mktemp("azurite")))
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _serve("Azurite", start_azurite, lambda: tmp_path_factory.mktemp("azurite"))
 
 
 @pytest.fixture(scope="session")
 def azurite_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzuriteTlsServer]:
     """Azurite over HTTPS on 127.0.0.x:443 for Triton ``as://`` (pass ``mounts=.triton_mounts()``)."""
-    server = _start_or_skip("Azurite (TLS)", lambda: start_azurite_tls(tmp_path_factory.mktemp("azurite-tls")))
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _serve("Azurite (TLS)", start_azurite_tls, lambda: tmp_path_factory.mktemp("azurite-tls"))
 
 
 @pytest.fixture(scope="session")
 def fake_gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeGcsServer]:
     """fake-gcs-server over HTTP with a filesystem backend."""
-    server = _start_or_skip("fake-gcs-server", lambda: start_fake_gcs(tmp_path_factory.mktemp("fake-gcs")))
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _serve("fake-gcs-server", start_fake_gcs, lambda: tmp_path_factory.mktemp("fake-gcs"))
 
 
 @pytest.fixture(scope="session")
 def nginx_origin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxOrigin]:
     """nginx serving a writable directory (``.root``) with sendfile, keep-alive and ranges."""
-    server = _start_or_skip("nginx", lambda: start_nginx(tmp_path_factory.mktemp("nginx")))
+    yield from _serve("nginx", start_nginx, lambda: tmp_path_factory.mktemp("nginx"))
+
+
+def start_dragonfly_or_fail(workdir: Path, *, peers: int) -> DragonflyCluster:
+    """:func:`start_dragonfly_cluster`; missing binaries *fail* the test (always, not only under
+    ``DFREPO_REQUIRE_SERVERS=1``) with the instruction to run scripts/build-dragonfly.sh."""
     try:
-        yield server
-    finally:
-        server.stop()
+        return start_dragonfly_cluster(workdir, peers=peers)
+    except DragonflyBinariesMissing as exc:
+        problem = str(exc)
+    pytest.fail(problem, pytrace=False)  # outside the except: no chained traceback
 
 
 @pytest.fixture(scope="session")
@@ -114,13 +119,7 @@ def dragonfly_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Drag
     Returns after the scheduler knows the seed (>= 30 s: its seed refresh ticker). Missing
     binaries fail the test (run scripts/build-dragonfly.sh); logs stay in the workdir.
     """
-    missing = ""
-    try:
-        cluster = start_dragonfly_cluster(tmp_path_factory.mktemp("dragonfly"), peers=2)
-    except DragonflyBinariesMissing as exc:
-        missing = str(exc)
-    if missing:
-        pytest.fail(missing, pytrace=False)  # outside the except: no chained traceback
+    cluster = start_dragonfly_or_fail(tmp_path_factory.mktemp("dragonfly"), peers=2)
     try:
         yield cluster
     finally:
