@@ -69,8 +69,8 @@ def _items(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def prep_dfrepo(spec: dict[str, Any]) -> Callable[[], dict[str, Any]]:
-    from dfrepo.engine.settings import TransferConfig
     from dfrepo.engine import Downloader, DownloadRequest
+    from dfrepo.engine.settings import TransferConfig
 
     cfg = TransferConfig(**spec.get("config", {}))
     dragonfly = None

@@ -488,7 +488,7 @@ def line_chart(path: Path, title: str, xs: Sequence[float], series: dict[str, Se
     fig, axes = plt.subplots(1, len(series), figsize=(5 * len(series), 4))
     if len(series) == 1:
         axes = [axes]
-    for ax, (name, ys) in zip(axes, series.items()):
+    for ax, (name, ys) in zip(axes, series.items(), strict=True):
         ax.plot(xs, [y if y is not None else float("nan") for y in ys], marker="o")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabels.get(name, name))

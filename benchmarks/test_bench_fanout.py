@@ -14,8 +14,9 @@ import statistics
 import time
 from contextlib import ExitStack
 
-import _harness as H
 import pytest
+
+import _harness as H
 from dfpeer import PeerProcess
 
 pytestmark = [pytest.mark.smoke, pytest.mark.servers]

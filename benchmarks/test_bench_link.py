@@ -23,8 +23,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import _harness as H
 import pytest
+
+import _harness as H
 
 pytestmark = [pytest.mark.smoke, pytest.mark.servers]
 
@@ -136,7 +137,7 @@ def _run(kind: str, link: dict[str, Any], tmpfs_dir: Path, sc: dict[str, Any]) -
         spec["files"] = items
         run = H.run_client(name, spec, work, sc["timeout"])
         step = 1 if sc["full_verify"] or not many else 10
-        ok = all(Path(it["dest"]).stat().st_size == sizes[key] for it, (key, _) in zip(items, objs))
+        ok = all(Path(it["dest"]).stat().st_size == sizes[key] for it, (key, _) in zip(items, objs, strict=True))
         ok = ok and all(H.same_bytes(Path(items[i]["dest"]), objs[i][1], full=sc["full_verify"] or many)
                         for i in range(0, len(objs), step))
         run.verified = ok
@@ -148,7 +149,7 @@ def _run(kind: str, link: dict[str, Any], tmpfs_dir: Path, sc: dict[str, Any]) -
     table = H.summarize(rounds, total, list(specs))
     H.add_ratios(table, "dfrepo")
     notes = [(f"origin: SeaweedFS behind nginx, limit_rate {RATE[H.scale_name()]} (= {_rate_bytes() / 1e6:.1f} MB/s) "
-              f"per connection; {'%d files × %s' % (len(objs), H.human(total // len(objs))) if many else H.human(total)}"
+              f"per connection; {f'{len(objs)} files × {H.human(total // len(objs))}' if many else H.human(total)}"
               " → tmpfs; dfrepo = default settings (adaptive concurrency), dfrepo-fixed4 = the previous fixed 4; "
               "hf_transfer with huggingface_hub's 100 connections; boto3 classic default TransferConfig "
               "(10 threads); awscrt 10 Gbps target, 8 MiB parts")]

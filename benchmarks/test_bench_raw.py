@@ -20,8 +20,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import _harness as H
 import pytest
+
+import _harness as H
 
 pytestmark = [pytest.mark.smoke, pytest.mark.servers]
 

@@ -19,17 +19,16 @@ cannot be told to forget a task; a new tag is a new task ID).
 from __future__ import annotations
 
 import statistics
-import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-import _harness as H
 import pytest
 
-from dfrepo.engine.settings import TransferConfig
+import _harness as H
 from dfrepo.dragonfly import DragonflyConfig
+from dfrepo.engine.settings import TransferConfig
 from dfrepo.pull import pull
 
 pytestmark = [pytest.mark.smoke, pytest.mark.servers, pytest.mark.dragonfly]
@@ -246,7 +245,7 @@ def test_local_hit_grpc_link_vs_proxy_vs_cache(real_cluster, seaweedfs, bench_sc
     size = _sizes(sc)["single"]
     cluster = real_cluster
     node = cluster.peers[0]
-    client = _bucket(seaweedfs)
+    _bucket(seaweedfs)
     src = tmpfs_dir / "src-local" / "1" / "weights.bin"
     H.write_source(src, size, seed=13)
     from servers.upload import upload_tree_s3

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import statistics
 
-import _harness as H
 import pytest
+
+import _harness as H
 
 pytestmark = [pytest.mark.smoke, pytest.mark.servers]
 
@@ -20,10 +21,10 @@ def _fit(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
     n = len(xs)
     mx, my = sum(xs) / n, sum(ys) / n
     sxx = sum((x - mx) ** 2 for x in xs)
-    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else 0.0
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx else 0.0
     a = my - b * mx
     ss_tot = sum((y - my) ** 2 for y in ys)
-    ss_res = sum((y - a - b * x) ** 2 for x, y in zip(xs, ys))
+    ss_res = sum((y - a - b * x) ** 2 for x, y in zip(xs, ys, strict=True))
     return a, b, (1 - ss_res / ss_tot) if ss_tot else 1.0
 
 
@@ -72,7 +73,8 @@ def test_scaling(nginx_origin, bench_scale, tmpfs_dir) -> None:
     rss = [r["peak_rss_mb"] for r in rows.values()]
     spread = max(rss) - min(rss)
     notes = [
-        f"wall ≈ {a:.3f} s + {b:.3f} s/GiB × size (R² = {r2:.3f}); marginal rate {1 / b if b > 0 else float('nan'):.2f} GiB/s",
+        f"wall ≈ {a:.3f} s + {b:.3f} s/GiB × size (R² = {r2:.3f}); "
+        f"marginal rate {1 / b if b > 0 else float('nan'):.2f} GiB/s",
         (f"peak RSS {min(rss):.1f}–{max(rss):.1f} MB across {H.human(sizes[0])}–{H.human(sizes[-1])} "
         f"(spread {spread:.1f} MB; goal: flat, ≤ 64 MB)"),
         "per-size CPU-s/GiB includes fixed per-download costs, which dominate at small sizes",

@@ -28,8 +28,9 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import _harness as H
 import pytest
+
+import _harness as H
 from servers.models import make_toy_model
 from servers.upload import upload_tree_s3
 
@@ -118,8 +119,9 @@ def test_triton_load(seaweedfs, triton_server, real_cluster, bench_scale, tmpfs_
     times: dict[str, dict[str, list[float]]] = {n: {c: [] for c in CASES} for n in models}
     evidence: dict[str, dict[str, list[Any]]] = {n: {c: [] for c in CASES} for n in models}
 
-    with ExitStack() as stack:
-        env = dict(seaweedfs.triton_env(), DFREPO_CACHE_DIR=str(cache_cold), TRITON_DRAGONFLY_CONFIG_PATH=str(dragonfly_json))
+    with ExitStack():
+        env = dict(seaweedfs.triton_env(), DFREPO_CACHE_DIR=str(cache_cold),
+                   TRITON_DRAGONFLY_CONFIG_PATH=str(dragonfly_json))
         t1 = triton_server(repo_url, repoagent_dir=str(repoagents), env=env)
         node_a, node_b = real_cluster.peers[0], real_cluster.peers[1]
         daemons = {"seed": real_cluster.seed, "a": node_a, "b": node_b}

@@ -34,12 +34,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "peer")]
 
+from dfrepo.triton.install import install_agent  # noqa: E402
 from servers.models import make_toy_model  # noqa: E402
 from servers.s3 import start_seaweedfs  # noqa: E402
 from servers.triton import start_triton  # noqa: E402
 from servers.upload import upload_tree_s3  # noqa: E402
-
-from dfrepo.triton.install import install_agent  # noqa: E402
 
 MiB = 1024 * 1024
 

@@ -4,7 +4,8 @@
 #   1. the whole suite with the compiled core required (real SeaweedFS, moto, Azurite,
 #      fake-gcs-server, nginx, the stand-in Dragonfly peer and a real tritonserver),
 #   2. the engine, pull and CLI tests again on the pure-Python twin (DFREPO_NO_EXTENSIONS=1),
-#   3. the benchmark smoke cases (small sizes; `pytest benchmarks/` runs the full set).
+#   3. the benchmark smoke cases (small sizes; `pytest benchmarks/` runs the full set),
+# after ruff (the whole tree) and mypy --strict (src/): configured in pyproject.toml.
 # Every run requires every real server (DFREPO_REQUIRE_SERVERS=1): a missing emulator,
 # tritonserver or Dragonfly binary fails its tests instead of skipping them, and a run that
 # collects no tests (pytest exit status 5) fails too.
@@ -16,6 +17,10 @@ bash scripts/bootstrap.sh
 PY="$REPO/.venv/bin/python"
 export PATH="$REPO/.venv/bin:$PATH"
 export DFREPO_REQUIRE_SERVERS=1
+
+echo "== lint and types =="
+"$PY" -m ruff check src tests benchmarks peer scripts
+"$PY" -m mypy
 
 echo "== compiled core =="
 DFREPO_REQUIRE_EXTENSION=1 "$PY" -m pytest tests -q -p no:cacheprovider "$@"

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-from modelfiles import make_model, tree, upload
 
 from dfrepo import errors
 from dfrepo.cache import (
@@ -29,6 +28,7 @@ from dfrepo.cache import (
 from dfrepo.engine.settings import TransferConfig
 from dfrepo.objects import RemoteObject
 from dfrepo.values import parse_size
+from modelfiles import make_model, tree, upload
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 MiB = 1024 * 1024
@@ -360,7 +360,6 @@ def _gets(seaweedfs) -> list[str]:  # type: ignore[no-untyped-def]
 @pytest.mark.servers
 def test_second_pull_is_served_from_cache(seaweedfs, s3env, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from dfpeer import StandinPeer
-
     from dfrepo.dragonfly import DragonflyConfig
     from dfrepo.pull import pull
 

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from faultservers import RangeServer
 
 from dfrepo.cli import exit_code_for, main, scrub, summary_line
 from dfrepo.pull import PullResult
+from faultservers import RangeServer
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 MiB = 1024 * 1024

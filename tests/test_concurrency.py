@@ -7,7 +7,7 @@ threads: every assertion is about the rule in :mod:`dfrepo.engine.concurrency`.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 

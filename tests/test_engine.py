@@ -7,15 +7,14 @@ import os
 import pickle
 import random
 import socket
-import threading
 from pathlib import Path
 
 import pytest
 
 from dfrepo import errors
-from dfrepo.engine.settings import MiB, TransferConfig
-from dfrepo.engine import DownloadRequest, Downloader, download
+from dfrepo.engine import Downloader, DownloadRequest, download
 from dfrepo.engine.fs import FileSystem
+from dfrepo.engine.settings import MiB, TransferConfig
 from dfrepo.redact import redact_url
 from faultservers import FaultProxy, Knobs, RangeServer
 from implementations import IMPLS

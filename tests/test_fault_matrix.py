@@ -23,20 +23,20 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from dfrepo import errors
-from dfrepo.engine.settings import MiB, TransferConfig
 from dfrepo.dragonfly import DragonflyConfig
+from dfrepo.engine import Downloader, DownloadRequest, download
+from dfrepo.engine.settings import MiB, TransferConfig
 from dfrepo.objects import RemoteObject
 from dfrepo.pull import pull
-from dfrepo.engine import DownloadRequest, Downloader, download
-from faultservers.fault_proxy import close_pair
 from faultservers import FaultProxy, Knobs, RangeServer
+from faultservers.fault_proxy import close_pair
 from implementations import IMPLS
 
 LOCATION = "s3://127.0.0.1:9/bucket/m"  # parsed only: every pull here passes objects=

@@ -21,7 +21,6 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from dfrepo import errors
-from dfrepo.engine.settings import TransferConfig
 from dfrepo.credentials import load_credential_file
 from dfrepo.dragonfly import (
     AZURE_SAS_QUERY_PARAMS,
@@ -33,6 +32,8 @@ from dfrepo.dragonfly import (
     task_id,
     task_id_for_request,
 )
+from dfrepo.engine.plan import MIN_DIRECT_RANGE, SMALL_TO_SOURCE, MiB, auto_piece_length, plan_spans
+from dfrepo.engine.settings import TransferConfig
 from dfrepo.locations import (
     AzureLocation,
     GCSLocation,
@@ -40,9 +41,8 @@ from dfrepo.locations import (
     S3Location,
     parse_location,
 )
-from dfrepo.safepaths import safe_join, safe_relpath
 from dfrepo.pull import pull
-from dfrepo.engine.plan import MIN_DIRECT_RANGE, SMALL_TO_SOURCE, MiB, auto_piece_length, plan_spans
+from dfrepo.safepaths import safe_join, safe_relpath
 
 FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -415,7 +415,7 @@ def test_prop_plan_after_probe_covers_the_rest(size: int, range_size: int, offse
     assume(offset < size and size // range_size < 20_000)
     plan = plan_spans(size, range_size=range_size, via_peer=True, offset=offset)
     assert plan[0].start == offset and plan[-1].end == size - 1
-    assert all(a.end + 1 == b.start for a, b in zip(plan, plan[1:]))
+    assert all(a.end + 1 == b.start for a, b in zip(plan, plan[1:], strict=False))
     assert all(s.ranged for s in plan)
     assert len(plan) == 1 or all(s.length > SMALL_TO_SOURCE for s in plan)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from dfrepo import errors
-from dfrepo.engine import DownloadRequest, Downloader, TransferConfig
+from dfrepo.engine import Downloader, DownloadRequest, TransferConfig
 
 pytestmark = pytest.mark.servers
 

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from modelfiles import make_model, tree, upload
 
 from dfrepo import errors
-from dfrepo.engine.settings import TransferConfig
 from dfrepo.dragonfly import DragonflyConfig
 from dfrepo.engine.plan import SMALL_TO_SOURCE
+from dfrepo.engine.settings import TransferConfig
 from dfrepo.pull import pull
+from modelfiles import make_model, tree, upload
 
 pytestmark = [pytest.mark.servers, pytest.mark.dragonfly]
 
@@ -206,10 +206,9 @@ def test_triton_loads_through_the_real_peer(dragonfly_cluster, seaweedfs, triton
     import json
     import os
 
+    from dfrepo.triton.install import install_agent
     from servers.models import make_toy_model
     from servers.upload import upload_tree_s3
-
-    from dfrepo.triton.install import install_agent
 
     node = dragonfly_cluster.peers[0]
     name = f"real_{transport}_{cache}"

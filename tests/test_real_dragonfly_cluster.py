@@ -34,7 +34,8 @@ import uuid
 from dataclasses import dataclass
 
 import pytest
-from servers.dragonfly import DragonflyCluster, DfdaemonHandle
+
+from servers.dragonfly import DfdaemonHandle, DragonflyCluster
 from servers.nginx import AccessEntry, NginxOrigin
 
 pytestmark = pytest.mark.servers

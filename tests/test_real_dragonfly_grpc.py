@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from modelfiles import tree, upload
 
 from dfrepo import errors
-from dfrepo.engine.settings import TransferConfig
 from dfrepo.dragonfly import DragonflyConfig
+from dfrepo.engine.settings import TransferConfig
 from dfrepo.pull import pull
+from modelfiles import tree, upload
 
 pytestmark = [pytest.mark.servers, pytest.mark.dragonfly]
 

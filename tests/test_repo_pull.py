@@ -6,12 +6,12 @@ import socket
 from pathlib import Path
 
 import pytest
-from modelfiles import make_model, tree, upload
 
 from dfrepo import errors
-from dfrepo.engine.settings import TransferConfig
 from dfrepo.dragonfly import DragonflyConfig
+from dfrepo.engine.settings import TransferConfig
 from dfrepo.pull import pull
+from modelfiles import make_model, tree, upload
 
 pytestmark = pytest.mark.servers
 

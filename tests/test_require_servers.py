@@ -15,6 +15,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+
 from servers.require import REQUIRE_SERVERS_ENV
 
 TESTS = Path(__file__).resolve().parent

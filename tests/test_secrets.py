@@ -22,11 +22,11 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 
 from dfrepo import errors
-from dfrepo.engine.settings import TransferConfig
 from dfrepo.dragonfly import DragonflyConfig
+from dfrepo.engine import download
+from dfrepo.engine.settings import TransferConfig
 from dfrepo.objects import RemoteObject
 from dfrepo.pull import pull
-from dfrepo.engine import download
 from secrets_guard import PATTERNS, extra_secrets, scan
 
 CFG = TransferConfig(range_size=64 * 1024, fsync=False, backoff_base=0.01, backoff_max=0.05,

@@ -9,6 +9,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 from servers.azure import AzuriteServer
 from servers.gcs import FakeGcsServer
 from servers.models import make_toy_model, payload_bytes_for

@@ -22,9 +22,9 @@ import pytest
 
 import dfrepo
 from dfrepo import errors
-from dfrepo.engine.settings import TransferConfig
 from dfrepo.dragonfly import DragonflyConfig
-from dfrepo.engine import DownloadRequest, Downloader
+from dfrepo.engine import Downloader, DownloadRequest
+from dfrepo.engine.settings import TransferConfig
 from faultservers import Knobs, RangeServer
 
 SECONDS = float(os.environ.get("DFREPO_SOAK_SECONDS", "15"))

@@ -17,17 +17,16 @@ import subprocess
 import sys
 import threading
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import quote
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from servers.require import missing
-import taskid_vectors as vectors
 
+import taskid_vectors as vectors
 from dfpeer import DIRECT_SOURCE_THRESHOLD, PeerProcess, StandinPeer
 from dfpeer.server import parse_range
 from dfpeer.taskid import (
@@ -41,6 +40,7 @@ from dfpeer.taskid import (
     task_id,
 )
 from dfpeer.testing import RangeOrigin
+from servers.require import missing
 
 MiB = 1 << 20
 RULES = (r"/models/",)

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import taskid_vectors as vectors
 from dfrepo.dragonfly import (
     AZURE_SAS_QUERY_PARAMS,
     DEFAULT_FILTERED_QUERY_PARAMS,
@@ -21,7 +22,6 @@ from dfrepo.dragonfly import (
     task_id_for_request,
 )
 from dfrepo.errors import ConfigError
-import taskid_vectors as vectors
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
 

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers.models import make_toy_model
-from test_triton_bridge import AGENTS_SOURCE, build_shim
 
 from dfrepo.triton import install_agent
+from servers.models import make_toy_model
+from test_triton_bridge import AGENTS_SOURCE, build_shim
 
 pytestmark = pytest.mark.triton
 

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers.require import missing
 
 from dfrepo.errors import ConfigError, RepoAgentError
 from dfrepo.triton import (
@@ -36,6 +35,7 @@ from dfrepo.triton._protocol import HELLO, read_frame, write_frame
 from dfrepo.triton.agent import resolve_agent_class
 from dfrepo.triton.install import RECORD_NAME, find_shim
 from dfrepo.triton.worker import one_line
+from servers.require import missing
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIM_SOURCE = ROOT / "src" / "dfrepo" / "triton" / "agent_shim.c"

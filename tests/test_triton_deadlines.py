@@ -35,12 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faultservers import FaultProxy, Knobs, RangeServer
-from faultservers.fault_proxy import close_pair
-from test_triton_bridge import FAKE_TRITON_C, ROOT, SHIM_SOURCE, build_shim
 
 from dfrepo.triton import install_agent
 from dfrepo.triton._protocol import HELLO, read_frame, write_frame
+from faultservers import FaultProxy, Knobs, RangeServer
+from faultservers.fault_proxy import close_pair
+from test_triton_bridge import FAKE_TRITON_C, ROOT, SHIM_SOURCE, build_shim
 
 AGENTS_MODULE = "dfrepo_deadline_agents"
 AGENTS_SOURCE = textwrap.dedent(

@@ -40,12 +40,11 @@ import pytest
 pytestmark = [pytest.mark.triton, pytest.mark.servers]
 
 from dfpeer import PeerProcess, StandinPeer
+from dfrepo.triton.install import install_agent
 from servers.models import make_toy_model
 from servers.require import missing
 from servers.triton import TritonHandle, start_triton, triton_home
 from servers.upload import upload_tree_azure, upload_tree_gcs, upload_tree_s3
-
-from dfrepo.triton.install import install_agent
 
 MiB = 1 << 20
 AGENT = "dragonfly"

@@ -26,10 +26,9 @@ pytestmark = [pytest.mark.triton, pytest.mark.servers]
 
 models = pytest.importorskip("servers.models")
 from dfpeer import PeerProcess
+from dfrepo.triton.install import install_agent
 from servers.triton import triton_builds
 from servers.upload import upload_tree_s3
-
-from dfrepo.triton.install import install_agent
 
 AGENT = "dragonfly"
 BUCKET = "versions"

@@ -10,9 +10,10 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Sequence
+from typing import Any
 
 from .server import PeerConfig, PeerCore, PeerServer
 from .taskid import Canonicalization
@@ -103,7 +104,7 @@ class StandinPeer(AdminClient):
         self.port = 0
         self.url = ""
 
-    def start(self) -> "StandinPeer":
+    def start(self) -> StandinPeer:
         """Bind and start serving; returns self."""
         self._server = PeerServer(self.core)
         self.port = int(self._server.server_address[1])
@@ -126,7 +127,7 @@ class StandinPeer(AdminClient):
             self._thread.join(5)
         self._server = None
 
-    def __enter__(self) -> "StandinPeer":
+    def __enter__(self) -> StandinPeer:
         return self.start()
 
     def __exit__(
@@ -192,7 +193,7 @@ class PeerProcess(AdminClient):
         self.port = 0
         self.url = ""
 
-    def start(self) -> "PeerProcess":
+    def start(self) -> PeerProcess:
         """Spawn the peer and wait until its ready file names the bound port."""
         ready = Path(tempfile.mkdtemp(prefix="dfpeer-ready-")) / "port"
         args = [self.python, "-m", "dfpeer", "--host", self.host, "--port", "0",
@@ -237,7 +238,7 @@ class PeerProcess(AdminClient):
                 self.process.wait(5)
         self.process = None
 
-    def __enter__(self) -> "PeerProcess":
+    def __enter__(self) -> PeerProcess:
         return self.start()
 
     def __exit__(

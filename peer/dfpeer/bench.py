@@ -49,7 +49,8 @@ def fetch(port: int, url: str, headers: dict[str, str] | None = None) -> tuple[i
             head += chunk
         head_bytes, _, rest = head.partition(b"\r\n\r\n")
         length = next(
-            int(line.split(b":", 1)[1]) for line in head_bytes.split(b"\r\n") if line.lower().startswith(b"content-length:")
+            int(line.split(b":", 1)[1]) for line in head_bytes.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
         )
         got = len(rest)
         while got < length:
@@ -92,9 +93,11 @@ def _run(url: str, size: int, repeat: int) -> None:
                 assert got == size, got
                 rates.append(size / seconds / 1e9)
             rates.sort()
-            print(f"hit {size >> 20} MiB x{repeat}: best {rates[-1]:.2f} GB/s, median {rates[len(rates) // 2]:.2f} GB/s")
+            print(f"hit {size >> 20} MiB x{repeat}: best {rates[-1]:.2f} GB/s, "
+                  f"median {rates[len(rates) // 2]:.2f} GB/s")
             stats = peer.stats()
-            print(f"origin_bytes={stats['origin_bytes']} served_bytes={stats['served_bytes']} local_hits={stats['local_hits']}")
+            print(f"origin_bytes={stats['origin_bytes']} served_bytes={stats['served_bytes']} "
+                  f"local_hits={stats['local_hits']}")
 
 
 if __name__ == "__main__":

@@ -22,11 +22,12 @@ import socketserver
 import struct
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from .store import Claim, Task, TaskStore
@@ -353,7 +354,8 @@ class PeerCore:
         *,
         via: tuple[str, int] | None,
     ) -> None:
-        counter_requests, counter_bytes = ("parent_requests", "parent_bytes") if via else ("origin_requests", "origin_bytes")
+        counter_requests, counter_bytes = (("parent_requests", "parent_bytes") if via
+                                           else ("origin_requests", "origin_bytes"))
         self.stats.add(counter_requests)
         try:
             conn, resp = self.upstream.request("GET", url, headers, via=via)
@@ -395,7 +397,7 @@ class PeerCore:
             else:
                 conn.close()
 
-    def worker(self, task: Task, pieces: "queue.SimpleQueue[int]", request: _Request) -> None:
+    def worker(self, task: Task, pieces: queue.SimpleQueue[int], request: _Request) -> None:
         """Download loop of one per-request worker thread."""
         try:
             while not request.cancelled.is_set() and request.error is None:
@@ -441,7 +443,7 @@ class _Handler(BaseHTTPRequestHandler):
     """One client connection; handles keep-alive requests until close or idle timeout."""
 
     protocol_version = "HTTP/1.1"
-    server: "PeerServer"
+    server: PeerServer
     core: PeerCore
 
     # ------------------------------------------------------------------ plumbing

@@ -20,10 +20,10 @@ import os
 import shutil
 import threading
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Iterator
 
 __all__ = ["Claim", "Task", "TaskStore"]
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Collection, Literal
+from collections.abc import Collection
+from typing import Literal
 from urllib.parse import SplitResult, unquote_plus, urlsplit
 
 __all__ = [

@@ -49,7 +49,7 @@ class OriginHandler(BaseHTTPRequestHandler):
     """Request handler of :class:`RangeOrigin` (``self.server.origin`` is the origin)."""
 
     protocol_version = "HTTP/1.1"
-    server: "_OriginServer"
+    server: _OriginServer
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         """Quiet."""
@@ -152,7 +152,7 @@ class OriginHandler(BaseHTTPRequestHandler):
 
 class _OriginServer(ThreadingHTTPServer):
     daemon_threads = True
-    origin: "RangeOrigin"
+    origin: RangeOrigin
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Clients that hang up (tests cut connections on purpose) are not errors."""
@@ -222,7 +222,7 @@ class RangeOrigin:
         scheme = "https" if self.ssl_context is not None else "http"
         return f"{scheme}://{self.host}:{self.port}{path}" + (f"?{query}" if query else "")
 
-    def bind(self) -> "RangeOrigin":
+    def bind(self) -> RangeOrigin:
         """Bind a free port (``.port``) without serving yet; :meth:`start` does both."""
         if self._server is None:
             self._server = _OriginServer((self.host, 0), self.handler_class)
@@ -232,7 +232,7 @@ class RangeOrigin:
             self.port = int(self._server.server_address[1])
         return self
 
-    def start(self) -> "RangeOrigin":
+    def start(self) -> RangeOrigin:
         """Bind a free port (unless bound) and serve on a background thread."""
         server = self.bind()._server
         assert server is not None
@@ -250,7 +250,7 @@ class RangeOrigin:
             self._server.server_close()
             self._server = None
 
-    def __enter__(self) -> "RangeOrigin":
+    def __enter__(self) -> RangeOrigin:
         return self.start()
 
     def __exit__(

@@ -11,8 +11,8 @@ import http.client
 import socket
 import ssl
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 from urllib.parse import urlsplit
 
 __all__ = ["Target", "Upstream", "HOP_BY_HOP", "redact"]
@@ -52,7 +52,7 @@ class Target:
     host_header: str
 
     @classmethod
-    def parse(cls, url: str) -> "Target":
+    def parse(cls, url: str) -> Target:
         """Parse an absolute ``http(s)://`` URL; raises ValueError otherwise."""
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
