@@ -10,6 +10,7 @@ import pytest
 
 from dfrepo.triton import install_agent
 from servers.models import make_toy_model
+from servers.triton import dfrepo_workers_of
 from test_triton_bridge import AGENTS_SOURCE, build_shim
 
 pytestmark = pytest.mark.triton
@@ -26,21 +27,6 @@ def repoagents(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d / "dir"
 
 
-def _workers_of(pid: int) -> list[int]:
-    """Live dfrepo workers whose parent is ``pid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes()
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if b"dfrepo.triton.worker" in cmd and fields[0] != "Z" and int(fields[1]) == pid:
-            found.append(int(entry.name))
-    return found
 
 
 def _wait(predicate: Any, timeout: float = 20.0) -> bool:
@@ -89,11 +75,11 @@ def test_unload_reload_does_not_leak_workers(triton_server: Any, repoagents: Pat
     for _ in range(2):
         assert server.load("toy")[0] == 200
         assert server.is_ready("toy")
-        assert len(_workers_of(tpid)) == 1
+        assert len(dfrepo_workers_of(tpid)) == 1
         server.unload("toy")
         assert _wait(lambda: not server.is_ready("toy"))
         # last model gone -> agent Finalize -> the worker is stopped and reaped
-        assert _wait(lambda: _workers_of(tpid) == []), _workers_of(tpid)
+        assert _wait(lambda: dfrepo_workers_of(tpid) == []), dfrepo_workers_of(tpid)
     actions = [line.split()[0] for line in pidfile.read_text().splitlines()]
     assert actions == ["LOAD", "LOAD_COMPLETE", "UNLOAD", "UNLOAD_COMPLETE"] * 2
     assert server.is_live()

@@ -40,6 +40,7 @@ from dfrepo.triton import install_agent
 from dfrepo.triton._protocol import HELLO, read_frame, write_frame
 from faultservers import FaultProxy, Knobs, RangeServer
 from faultservers.fault_proxy import close_pair
+from servers.triton import dfrepo_workers_of
 from test_triton_bridge import FAKE_TRITON_C, ROOT, SHIM_SOURCE, build_shim
 
 AGENTS_MODULE = "dfrepo_deadline_agents"
@@ -501,20 +502,6 @@ def repoagents(tmp_path_factory: pytest.TempPathFactory, deadline_agents: Path) 
     return d / "dir"
 
 
-def _workers_of(pid: int) -> list[int]:
-    """Live dfrepo workers whose parent is ``pid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes()
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if b"dfrepo.triton.worker" in cmd and fields[0] != "Z" and int(fields[1]) == pid:
-            found.append(int(entry.name))
-    return found
 
 
 class _Timed(threading.Thread):
@@ -610,7 +597,7 @@ def test_trickling_load_fails_at_its_deadline_and_triton_stays_responsive(
         assert server.load("stuck", timeout=deadline + 60)[0] != 200
         pids = sorted({p for _, p, _ in _pids(pidfile)})
         assert len(pids) >= 2 and stuck_pid in pids
-        assert len(_workers_of(tpid)) <= 1
+        assert len(dfrepo_workers_of(tpid)) <= 1
         dt = _stop_cleanly(server, pids)
         print(f"[deadline] tritonserver stopped in {dt:.2f} s; workers {pids} gone")
 
@@ -640,7 +627,7 @@ def test_frozen_worker_is_killed_at_its_deadline_in_triton(triton_server: Any, r
     assert server.repository_index()
     assert server.load("good")[0] == 200 and server.is_ready("good")
     assert server.infer_fp32("good", "INPUT0", [0, 0, 0, 0], "OUTPUT0") == [1.0] * 4
-    workers = _workers_of(server.process.pid)
+    workers = dfrepo_workers_of(server.process.pid)
     assert len(workers) == 1 and workers[0] != frozen
     _stop_cleanly(server, sorted({p for _, p, _ in _pids(pidfile)}))
 

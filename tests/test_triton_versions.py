@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.triton, pytest.mark.servers]
 models = pytest.importorskip("servers.models")
 from dfpeer import PeerProcess
 from dfrepo.triton.install import install_agent
-from servers.triton import triton_builds
+from servers.triton import dfrepo_workers_of, triton_builds
 from servers.upload import upload_tree_s3
 
 AGENT = "dragonfly"
@@ -45,20 +45,6 @@ def _wait(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
     return bool(predicate())
 
 
-def _workers_of(pid: int) -> list[int]:
-    """Live dfrepo workers whose parent is ``pid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes()
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if b"dfrepo.triton.worker" in cmd and fields[0] != "Z" and int(fields[1]) == pid:
-            found.append(int(entry.name))
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +96,7 @@ def test_agent_loads_s3_model_on_triton_version(
     assert by_others == [], by_others
     assert {head + f for f in ("1/weights.bin", "1/model.py", "labels.txt")} <= set(by_peer), by_peer
     pid = server.process.pid
-    assert pid is not None and len(_workers_of(pid)) == 1
+    assert pid is not None and len(dfrepo_workers_of(pid)) == 1
 
     status, body = server.unload(name)
     assert status == 200, body
@@ -118,6 +104,6 @@ def test_agent_loads_s3_model_on_triton_version(
     # UNLOAD_COMPLETE: Triton deletes the dir it gave the agent; the last model gone, the
     # worker stops.
     assert _wait(lambda: not os.path.exists(acquired)), f"{acquired} left behind"
-    assert _wait(lambda: not _workers_of(pid)), "dfrepo worker still running after the last unload"
+    assert _wait(lambda: not dfrepo_workers_of(pid)), "dfrepo worker still running after the last unload"
     assert server.is_live()
     print(f"\n[versions] Triton {version}: start+load+infer+unload {time.monotonic() - t0:.1f}s")

@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.triton, pytest.mark.servers, pytest.mark.slow]
 
 models = pytest.importorskip("servers.models")
 from servers.procs import REPO_ROOT
-from servers.triton import triton_home
+from servers.triton import dfrepo_workers_of, triton_home
 from servers.upload import upload_tree_s3
 
 MiB = 1 << 20
@@ -48,17 +48,7 @@ def _run(argv: list[str | os.PathLike[str]], *, timeout: float, cwd: Path | None
 
 def _worker_of(pid: int) -> int:
     """The one live dfrepo worker whose parent is ``pid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes()
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if b"dfrepo.triton.worker" in cmd and fields[0] != "Z" and int(fields[1]) == pid:
-            found.append(int(entry.name))
+    found = dfrepo_workers_of(pid)
     assert len(found) == 1, found
     return found[0]
 

@@ -323,3 +323,19 @@ def start_triton(
     if wait:
         proc.wait_ready(handle.is_live, timeout=timeout)
     return handle
+
+
+def dfrepo_workers_of(pid: int) -> list[int]:
+    """Live dfrepo agent workers (``dfrepo.triton.worker``) whose parent is process *pid*."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes()
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if b"dfrepo.triton.worker" in cmd and fields[0] != "Z" and int(fields[1]) == pid:
+            found.append(int(entry.name))
+    return found
