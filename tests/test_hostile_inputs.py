@@ -359,8 +359,8 @@ def test_prop_request_headers(url: str, tag: str | None, filt: tuple[str, ...] |
     assert headers["X-Dragonfly-Filter"] == "&".join(names)
     assert set(filt or ()) <= set(names)
     # Nothing of the URL's query (signatures) is copied into a header value (unless the
-    # generated value also happens to be a filter name, tag or version, which are sent).
-    sent_on_purpose = [*(filt or ()), tag or "", version or ""]
+    # generated value also happens to be part of a filter name, tag or version, which are sent).
+    sent_on_purpose = [*names, tag or "", version or ""]  # names: every filter, defaults included
     for seg in url.partition("?")[2].split("&"):
         val = seg.partition("=")[2]
         if len(val) >= 12 and not any(val in x for x in sent_on_purpose):
