@@ -2,7 +2,8 @@
 
 Absolute-form requests (``GET http://host/key HTTP/1.1``) are forwarded with
 http.client; ``CONNECT host:port`` opens a blind tunnel. ``requests`` lists
-``(method, target)`` with query strings cut (they hold signatures).
+``(method, target)`` with query strings cut (they hold signatures); a presigned target
+ends in ``?<presigned>``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _record(self) -> None:
         with self.server.lock:
-            self.server.requests.append((self.command, self.path.split("?", 1)[0]))
+            mark = "?<presigned>" if "X-Amz-Signature=" in self.path else ""
+            self.server.requests.append((self.command, self.path.split("?", 1)[0] + mark))
             auth = self.headers.get("Proxy-Authorization")
             if auth:
                 self.server.auth.append(auth)
