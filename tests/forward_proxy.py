@@ -24,7 +24,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def _record(self) -> None:
@@ -35,7 +35,7 @@ class _Handler(BaseHTTPRequestHandler):
             if auth:
                 self.server.auth.append(auth)
 
-    def do_CONNECT(self) -> None:  # noqa: N802
+    def do_CONNECT(self) -> None:
         self._record()
         host, _, port = self.path.rpartition(":")
         try:
@@ -81,7 +81,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
         conn.close()
 
-    do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward  # noqa: N815
+    do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward
 
 
 class _Server(ThreadingHTTPServer):

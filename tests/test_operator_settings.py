@@ -19,7 +19,12 @@ from forward_proxy import ForwardProxy
 from dfrepo import settings as settings_mod
 from dfrepo.dragonfly import load_dragonfly_config
 from dfrepo.engine.proxyenv import DirectProxies, direct_proxies_from_env
-from dfrepo.errors import ConfigError, DfrepoWarning, DragonflyConfigMissingError, ParameterNotAllowedError
+from dfrepo.errors import (
+    ConfigError,
+    DfrepoWarning,
+    DragonflyConfigMissingError,
+    ParameterNotAllowedError,
+)
 from dfrepo.triton.agent import LoadContext
 from dfrepo.triton.dragonfly_agent import DragonflyAgent
 from dfrepo.triton.parameters import settings_for_model

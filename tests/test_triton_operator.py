@@ -22,10 +22,10 @@ from forward_proxy import ForwardProxy
 pytestmark = [pytest.mark.triton, pytest.mark.servers]
 
 models = pytest.importorskip("servers.models")
-from servers.triton import triton_home  # noqa: E402
-from servers.upload import upload_tree_s3  # noqa: E402
+from servers.triton import triton_home
+from servers.upload import upload_tree_s3
 
-from dfrepo.triton.install import install_agent  # noqa: E402
+from dfrepo.triton.install import install_agent
 
 BUCKET = "operator-models"
 X = [1.0, 2.0, 3.0, 4.0]
@@ -69,7 +69,7 @@ def test_missing_dragonfly_config_fails_the_load(triton_server: Any, seaweedfs: 
     assert not Path("/home/triton/dragonfly_config.json").exists()
     server = triton_server(seaweedfs.s3_url(BUCKET, "noconfig"), repoagent_dir=str(agents),
                            env={**seaweedfs.triton_env(), "DFREPO_CACHE": "off"})
-    status, body = server.load("op_noconfig")
+    status, _body = server.load("op_noconfig")
     assert status != 200 and not server.is_ready("op_noconfig")
     log = server.log()
     assert "no Dragonfly config: /home/triton/dragonfly_config.json does not exist" in log, log[-3000:]

@@ -16,8 +16,8 @@ it: the credential would be silently dropped).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
-from typing import Any, Callable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from ..errors import ConfigError, redact_url, warn_once
 from .taskid import parse_byte_size
@@ -127,7 +127,7 @@ def parse_proxy(value: Any, where: str | None, key: str = "proxy", loose: bool =
                                         f"credentials; {redact_url(value)})")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise setting_error(where, key, f"must not have a path or query ({redact_url(value)})")
-    return value.rstrip("/")
+    return str(value).rstrip("/")
 
 
 def _bool(value: Any, where: str | None, key: str, loose: bool = False) -> bool:
@@ -179,7 +179,7 @@ def _socket(value: Any, where: str | None, key: str = "socket", loose: bool = Fa
         raise setting_error(where, key, "must be an absolute path without control characters")
     if len(value.encode()) > 107:
         raise setting_error(where, key, "is longer than a unix socket path may be (107 bytes)")
-    return value
+    return str(value)
 
 
 def _split_names(items: Iterable[str]) -> tuple[str, ...]:

@@ -125,8 +125,8 @@ def direct_proxies_from_env(env: Mapping[str, str]) -> DirectProxies | None:
         return None
     no_proxy: tuple[str, ...] = ()
     for var in NO_PROXY_ENV:
-        value = env.get(var)
-        if value is not None:
-            no_proxy = tuple(e.strip().lower() for e in value.replace(" ", ",").split(",") if e.strip())
+        bypass = env.get(var)
+        if bypass is not None:
+            no_proxy = tuple(e.strip().lower() for e in bypass.replace(" ", ",").split(",") if e.strip())
             break
     return DirectProxies(by_scheme, no_proxy)

@@ -7,7 +7,8 @@ import logging
 import re
 import socket
 import threading
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import urllib3
 from urllib3.exceptions import (
