@@ -230,7 +230,8 @@ def test_triton_loads_through_the_real_peer(dragonfly_cluster, seaweedfs, triton
                                              "region": seaweedfs.region}}}))
     os.chmod(creds, 0o600)
     env = {"TRITON_DRAGONFLY_CONFIG_PATH": str(cfg), "TRITON_CLOUD_CREDENTIAL_PATH": str(creds),
-           "DFREPO_CACHE_DIR": str(tmp_path / "cache"), "AWS_EC2_METADATA_DISABLED": "true"}
+           "DFREPO_CACHE_DIR": str(tmp_path / "cache"), "AWS_EC2_METADATA_DISABLED": "true",
+           "DFREPO_MODEL_PARAMETERS": "cache"}
     triton = triton_server(seaweedfs.s3_url("real-triton", "repo"), repoagent_dir=str(agents), env=env)
     seaweedfs.clear_log()
     before = _traffic(dragonfly_cluster)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +17,14 @@ from dfrepo import settings as settings_mod
 from dfrepo.cli import main
 from dfrepo.dragonfly import DragonflyConfig
 from dfrepo.engine import TransferConfig, download
-from dfrepo.errors import ConfigError
+from dfrepo.errors import ConfigError, DfrepoWarning
 from dfrepo.locations import AzureLocation, LocalLocation, S3Location
 from dfrepo.objects import RemoteObject
 from dfrepo.settings import PullSettings, resolve
-from dfrepo.triton.parameters import settings_for_model
+from dfrepo.triton.parameters import settings_for_model, split_overrides
 
 NO_FILES = {"TRITON_DRAGONFLY_CONFIG_PATH": "/nonexistent/dragonfly_config.json"}
+OPERATOR_ALLOWS_ALL = {"DFREPO_MODEL_PARAMETERS": "*", "DFREPO_ALLOW_DIRECT": "1"}
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +53,7 @@ def test_bad_proxy_refused_at_config_time_from_every_edge(proxy: str, why: str, 
         "constructor": lambda: DragonflyConfig(proxy=proxy),
         "environment": lambda: resolve("s3://b/m", env={**NO_FILES, "DFREPO_PROXY": proxy}),
         "python api": lambda: resolve("s3://b/m", env=NO_FILES, dragonfly_overrides={"proxy": proxy}),
-        "triton parameter": lambda: settings_for_model("s3://b/m", {"proxy": proxy}, env={}),
+        "triton parameter": lambda: settings_for_model("s3://b/m", {"proxy": proxy}, env=OPERATOR_ALLOWS_ALL),
         "download(proxy=)": lambda: download("http://127.0.0.1:1/x", tmp_path / "x", proxy=proxy),
     }
     for edge, attempt in attempts.items():
@@ -185,16 +187,27 @@ def test_bad_expiry_is_named() -> None:
 def test_triton_parameters_are_routed_and_typed(tmp_path: Path) -> None:
     s = settings_for_model("as://acct/container/m", {
         "dfrepo.agent": "dragonfly", "dfrepo.anything": "ignored", "tag": "team", "concurrency": "2",
-        "expiry": "300", "cache": "off", "azure_endpoint": "http://127.0.0.1:10000/{account}"}, env={})
+        "expiry": "300", "cache": "off", "azure_endpoint": "http://127.0.0.1:10000/{account}"},
+        env=OPERATOR_ALLOWS_ALL)
     assert isinstance(s.location, AzureLocation)
     assert s.location.endpoint == "http://127.0.0.1:10000/acct"
     assert s.dragonfly.tag == "team" and s.transfer.concurrency == 2 and s.expiry == 300 and s.cache is None
 
 
-def test_triton_unknown_parameter_is_named() -> None:
+def test_triton_unknown_parameter_is_warned_once_and_ignored() -> None:
+    # The C++ agent read no parameters: a config.pbtxt written for it (or with another
+    # agent's keys) must keep loading. Each unknown key is named once per process.
+    env = {"DFREPO_ALLOW_DIRECT": "1"}
+    with pytest.warns(DfrepoWarning, match="'concurency_x' is not a dfrepo setting; ignored"):
+        s = settings_for_model("s3://b/m", {"concurency_x": "4", "tag": "t"}, env=env)
+    assert s.transfer.concurrency is None and s.dragonfly.tag == "t"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        settings_for_model("s3://b/m", {"concurency_x": "5"}, env=env)  # not again
+    # The Python API's overrides are the operator's own: a typo there still raises.
     with pytest.raises(ConfigError) as info:
-        settings_for_model("s3://b/m", {"concurency": "4"}, env={})
-    assert info.value.key == "concurency"
+        split_overrides({"concurency_x": "4"})
+    assert info.value.key == "concurency_x"
 
 
 def test_triton_files_set_in_the_environment_must_exist(tmp_path: Path) -> None:
@@ -202,7 +215,8 @@ def test_triton_files_set_in_the_environment_must_exist(tmp_path: Path) -> None:
         settings_for_model("s3://b/m", {}, env={"TRITON_DRAGONFLY_CONFIG_PATH": str(tmp_path / "gone.json")})
     config = tmp_path / "dragonfly_config.json"
     config.write_text('{"proxy": "http://127.0.0.1:4001", "tag": "from-file"}')
-    s = settings_for_model("s3://b/m", {"cache": "off"}, env={"TRITON_DRAGONFLY_CONFIG_PATH": str(config)})
+    s = settings_for_model("s3://b/m", {"cache": "off"}, env={"TRITON_DRAGONFLY_CONFIG_PATH": str(config),
+                                                              "DFREPO_MODEL_PARAMETERS": "cache"})
     assert s.dragonfly.tag == "from-file"
 
 
@@ -212,7 +226,7 @@ def test_triton_default_files_are_used_when_present(monkeypatch: pytest.MonkeyPa
     cred.write_text("{}")
     monkeypatch.setattr(settings_mod, "DEFAULT_DRAGONFLY_CONFIG_PATH", str(config))
     monkeypatch.setattr(settings_mod, "DEFAULT_CREDENTIAL_PATH", str(cred))
-    s = settings_for_model("s3://b/m", {"cache": "off"}, env={})
+    s = settings_for_model("s3://b/m", {"cache": "off"}, env={"DFREPO_MODEL_PARAMETERS": "cache"})
     assert s.dragonfly.tag == "default-file" and s.credential_path == str(cred)
     # The CLI and the Python API never pick up the agent's default credential file.
     assert resolve("s3://b/m", env={}).credential_path is None

@@ -94,8 +94,9 @@ def test_dragonfly_agent_pulls_s3_model(triton_server: Any, seaweedfs: Any, repo
     make_toy_model(local, "toy_s3", add=7.0, payload_bytes=1 << 20, agent=AGENT)
     upload_tree_s3(seaweedfs, "models", "repo", local)
     seaweedfs.clear_log()
-    # No credential file: Triton and the agent both use the AWS_* environment.
-    env = seaweedfs.triton_env()
+    # No credential file: Triton and the agent both use the AWS_* environment. No Dragonfly
+    # config either: direct downloads only because the operator allowed them.
+    env = {**seaweedfs.triton_env(), "DFREPO_ALLOW_DIRECT": "1"}
     server = triton_server(seaweedfs.s3_url("models", "repo"), repoagent_dir=str(repoagents), env=env)
     status, body = server.load("toy_s3")
     assert status == 200, body + server.log()[-3000:]

@@ -163,7 +163,7 @@ def test_dragonfly_agent_passes_local_through() -> None:
 def test_dragonfly_agent_pulls_remote(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     calls: list[tuple[str, str, dict[str, str]]] = []
     monkeypatch.setattr(dragonfly_mod, "pull_model",
-                        lambda loc, dest, *, parameters: calls.append((loc, dest, dict(parameters))))
+                        lambda loc, dest, *, parameters, model_config=None: calls.append((loc, dest, dict(parameters))))
     ctx = LoadContext(action="LOAD", location="s3://b/m", artifact_type="REMOTE_FILESYSTEM",
                       parameters={"proxy": "http://127.0.0.1:4001"}, acquire=lambda: str(tmp_path))
     assert DragonflyAgent().load(ctx) == str(tmp_path)
@@ -183,6 +183,8 @@ def test_pull_model_calls_repo_pull(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     monkeypatch.setenv("DFREPO_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("TRITON_DRAGONFLY_CONFIG_PATH", raising=False)
     monkeypatch.delenv("DFREPO_CACHE", raising=False)
+    monkeypatch.setenv("DFREPO_MODEL_PARAMETERS", "proxy,concurrency,cache")
+    monkeypatch.setenv("DFREPO_ALLOW_DIRECT", "1")
     for var in ("DFREPO_PROXY", "DRAGONFLY_PROXY"):
         monkeypatch.delenv(var, raising=False)
     (tmp_path / "cred.json").write_text("{}")

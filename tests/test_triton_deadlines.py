@@ -715,7 +715,8 @@ def test_dragonfly_pull_through_a_trickling_peer_is_cut_at_its_deadline(
         make_toy_model(src, "fastpeer", add=4.0, payload_bytes=1 << 20, agent=AGENT, agent_params={
             "proxy": peer.url, "cache": "off"})
         upload_tree_s3(seaweedfs, "deadlines", "repo", src)
-        env = {**seaweedfs.triton_env(), "DFREPO_CACHE_DIR": str(tmp_path / "cache")}
+        env = {**seaweedfs.triton_env(), "DFREPO_CACHE_DIR": str(tmp_path / "cache"),
+               "DFREPO_MODEL_PARAMETERS": "proxy,fallback,cache"}  # the operator lets models pick
         server = triton_server(seaweedfs.s3_url("deadlines", "repo"), repoagent_dir=str(repoagents), env=env)
         t0 = time.monotonic()
         status, body = server.load("slowpeer", timeout=deadline + 60)

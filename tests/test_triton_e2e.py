@@ -299,8 +299,10 @@ def node_a(work: Path, agents: Path, peer_a: PeerProcess, seaweedfs: Any) -> Ite
     creds = _write_json(d / "cloud_credential.json", _s3_creds(seaweedfs))
     cache = d / "cache"
     # Only the credential file: Triton core and the agent both read it (no AWS_* variables).
+    # The operator lets these test models pick their proxy and cache (a model may not, by default).
     env = {"TRITON_DRAGONFLY_CONFIG_PATH": str(cfg), "TRITON_CLOUD_CREDENTIAL_PATH": str(creds),
-           "DFREPO_CACHE_DIR": str(cache), "AWS_EC2_METADATA_DISABLED": "true"}
+           "DFREPO_CACHE_DIR": str(cache), "AWS_EC2_METADATA_DISABLED": "true",
+           "DFREPO_MODEL_PARAMETERS": "proxy,fallback,cache"}
     # The bucket must exist before Triton starts (it checks the repository).
     client = seaweedfs.client()
     try:

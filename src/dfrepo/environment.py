@@ -15,6 +15,10 @@ __all__ = [
     "DEFAULT_CREDENTIAL_PATH",
     "DEFAULT_DRAGONFLY_CONFIG_PATH",
     "DRAGONFLY_CONFIG_PATH_ENV",
+    "ALLOW_DIRECT_ENV",
+    "DIRECT_PROXY_ENV",
+    "MODEL_PARAMETERS_ENV",
+    "NO_PROXY_ENV",
     "PROXY_ENV_VARS",
 ]
 
@@ -28,3 +32,18 @@ DEFAULT_CREDENTIAL_PATH = "/home/triton/cloud_credential.json"
 PROXY_ENV_VARS = ("DFREPO_PROXY", "DRAGONFLY_PROXY")
 #: The Triton agent's persistent cache switch: ``on`` (default), ``off``, or a directory.
 CACHE_SWITCH_ENV = "DFREPO_CACHE"
+#: The Triton agent: ``1`` lets a missing ``dragonfly_config.json`` mean "download directly
+#: from the origin" (no P2P). Unset (the default), the LOAD fails, as the C++ agent's does.
+ALLOW_DIRECT_ENV = "DFREPO_ALLOW_DIRECT"
+#: The Triton agent: which ``config.pbtxt`` agent parameters a model may set (comma list,
+#: ``header.*`` patterns, ``*`` = all, ``none``). Default: :data:`dfrepo.triton.parameters.DEFAULT_MODEL_PARAMETERS`.
+MODEL_PARAMETERS_ENV = "DFREPO_MODEL_PARAMETERS"
+#: Proxies for *direct* downloads (no Dragonfly ``proxy``), read as curl (the C++ agent)
+#: reads them: per URL scheme, lowercase first; ``http`` reads only ``http_proxy`` (curl
+#: ignores ``HTTP_PROXY``, the "httpoxy" rule); then ``all_proxy``/``ALL_PROXY``.
+DIRECT_PROXY_ENV = {
+    "http": ("http_proxy", "all_proxy", "ALL_PROXY"),
+    "https": ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"),
+}
+#: Hosts that bypass :data:`DIRECT_PROXY_ENV` (lowercase first, as curl).
+NO_PROXY_ENV = ("no_proxy", "NO_PROXY")

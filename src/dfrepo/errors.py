@@ -11,29 +11,35 @@ signatures.  Every class that takes a URL runs it through
 
 from __future__ import annotations
 
+import threading
+import warnings
 from typing import Any
 
 from .redact import redact_url
 
 __all__ = [
-    "DfrepoError",
+    "CacheError",
+    "ChecksumMismatchError",
     "ConfigError",
     "CredentialsError",
-    "LocationError",
-    "UnsafePathError",
-    "StoreError",
-    "ObjectNotFoundError",
-    "TransferError",
-    "HTTPStatusError",
-    "RangeNotSupportedError",
-    "IncompleteDownloadError",
-    "SourceChangedError",
-    "ChecksumMismatchError",
-    "RetriesExhaustedError",
-    "ProxyUnavailableError",
-    "CacheError",
-    "RepoAgentError",
+    "DfrepoError",
     "DfrepoWarning",
+    "DragonflyConfigMissingError",
+    "HTTPStatusError",
+    "IncompleteDownloadError",
+    "InsufficientSpaceError",
+    "LocationError",
+    "ObjectNotFoundError",
+    "ParameterNotAllowedError",
+    "ProxyUnavailableError",
+    "RangeNotSupportedError",
+    "RepoAgentError",
+    "RetriesExhaustedError",
+    "SourceChangedError",
+    "StoreError",
+    "TransferError",
+    "UnsafePathError",
+    "warn_once",
 ]
 
 
@@ -69,6 +75,16 @@ class ConfigError(DfrepoError, ValueError):
 
     def __init__(self, message: str, *, source: str | None = None, key: str | None = None) -> None:
         super().__init__(message, source=source, key=key)
+
+
+class DragonflyConfigMissingError(ConfigError):
+    """The Triton agent found no ``dragonfly_config.json`` and direct downloads were not
+    allowed (``$DFREPO_ALLOW_DIRECT``): a fleet would otherwise hit the bucket without P2P."""
+
+
+class ParameterNotAllowedError(ConfigError):
+    """A model's ``config.pbtxt`` agent parameter sets a key the operator did not allow
+    (``$DFREPO_MODEL_PARAMETERS``)."""
 
 
 class LocationError(ConfigError):
@@ -203,3 +219,16 @@ class RepoAgentError(DfrepoError):
 
 class DfrepoWarning(UserWarning):
     """Something dfrepo tolerated but the user should know (unknown config keys ...)."""
+
+
+_warned: set[str] = set()
+_warn_lock = threading.Lock()
+
+
+def warn_once(key: str, message: str) -> None:
+    """Warn (:class:`DfrepoWarning`) the first time *key* is seen in this process."""
+    with _warn_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    warnings.warn(message, DfrepoWarning, stacklevel=3)

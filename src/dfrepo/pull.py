@@ -171,6 +171,12 @@ def pull_with(
         if settings.expiry is not None:
             kwargs["expiry"] = settings.expiry
         objects = list_model(loc, **kwargs)
+    if settings.versions is not None:
+        listed = len(objects)
+        objects = settings.versions.select(objects, lambda o: o.rel_path)
+        if len(objects) != listed:
+            log.info("dfrepo: version_policy %s: pulling %d of %d files of %s", settings.versions.describe(),
+                     len(objects), listed, loc.display)
 
     dest = Path(dest)
     _check_dest(dest)
@@ -203,7 +209,8 @@ def pull_with(
         if to_fetch:
             # The stage is private: files are written in place, the stage is the one atomic step.
             with Downloader(cfg, dragonfly=dragonfly if dragonfly.enabled else None,
-                            implementation=implementation, publish="in_place") as dl:
+                            implementation=implementation, publish="in_place",
+                            direct_proxies=settings.direct_proxies) as dl:
                 results = dl.download_many([r for _, r in to_fetch], progress=progress)
                 fallback_reason = dl.transport.fallback_reason
                 via = dl.via

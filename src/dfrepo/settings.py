@@ -31,20 +31,24 @@ from typing import Protocol
 from .dragonfly import DragonflyConfig, with_overrides
 from .dragonfly.loading import build_dragonfly_config
 from .engine import TransferConfig
+from .engine.proxyenv import DirectProxies, direct_proxies_from_env
 from .environment import (
+    ALLOW_DIRECT_ENV,
     CREDENTIAL_PATH_ENV,
     DEFAULT_CREDENTIAL_PATH,
     DEFAULT_DRAGONFLY_CONFIG_PATH,
     DRAGONFLY_CONFIG_PATH_ENV,
 )
-from .errors import ConfigError
+from .errors import ConfigError, DragonflyConfigMissingError
 from .locations import AnyLocation, parse_location
 from .objects import RemoteObject
 from .values import FALSE_WORDS, TRUE_WORDS
+from .versions import VersionPolicy
 
 __all__ = [
     "ObjectCache",
     "PullSettings",
+    "allow_direct",
     "credential_file",
     "dragonfly_config_file",
     "resolve",
@@ -81,6 +85,10 @@ class PullSettings:
     :ivar expiry: lifetime of presigned URLs in seconds; None = the stores' default.
     :ivar env: the environment the pull was resolved in (a read-only snapshot; the
         stores read cloud credentials from it). Never shown in ``repr``.
+    :ivar direct_proxies: the environment's ``http_proxy``/``https_proxy``/``no_proxy``
+        for direct requests, read as curl reads them; None = none set.
+    :ivar versions: the model's ``version_policy`` (Triton agent): unselected version
+        directories are not pulled; None = pull everything.
     """
 
     location: AnyLocation
@@ -90,6 +98,8 @@ class PullSettings:
     credential_path: str | None = None
     expiry: int | None = None
     env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), repr=False, compare=False)
+    direct_proxies: DirectProxies | None = None
+    versions: VersionPolicy | None = None
 
 
 def _file_from_env(var: str, default: str, env: Mapping[str, str], triton_defaults: bool) -> str | None:
@@ -162,7 +172,22 @@ def resolve_dragonfly(
     if path is not None:
         return build_dragonfly_config(os.fspath(path), env=env, overrides=overrides, required=True)
     found = dragonfly_config_file(env, triton_defaults=triton_defaults)
-    return build_dragonfly_config(found, env=env, overrides=overrides, required=triton_defaults)
+    built = build_dragonfly_config(found, env=env, overrides=overrides, required=triton_defaults)
+    if triton_defaults and found is None and not built.enabled and not allow_direct(env):
+        raise DragonflyConfigMissingError(
+            f"no Dragonfly config: {DEFAULT_DRAGONFLY_CONFIG_PATH} does not exist and "
+            f"${DRAGONFLY_CONFIG_PATH_ENV} is not set, so there is no peer to download through; "
+            f"refusing to download directly from the origin (a fleet would stampede the bucket). "
+            f"Mount the file (its \"proxy\" is the peer; {{}} means direct, as the C++ agent), "
+            f"set ${DRAGONFLY_CONFIG_PATH_ENV}, or set {ALLOW_DIRECT_ENV}=1 to allow direct downloads",
+            source=DEFAULT_DRAGONFLY_CONFIG_PATH, key=DRAGONFLY_CONFIG_PATH_ENV)
+    return built
+
+
+def allow_direct(env: Mapping[str, str]) -> bool:
+    """``$DFREPO_ALLOW_DIRECT`` is on: the Triton agent may download without any
+    ``dragonfly_config.json`` (directly from the origin)."""
+    return env.get(ALLOW_DIRECT_ENV, "").strip().lower() in TRUE_WORDS
 
 
 def _cache_from_setting(value: str, current: ObjectCache | None, env: Mapping[str, str]) -> ObjectCache | None:
@@ -202,6 +227,7 @@ def resolve(
     expiry: int | str | None = None,
     azure_endpoint: str | None = None,
     triton_defaults: bool = False,
+    versions: VersionPolicy | None = None,
 ) -> PullSettings:
     """Resolve a pull's settings once; every edge calls this.
 
@@ -217,7 +243,10 @@ def resolve(
         directory (a model's ``cache`` parameter, ``$DFREPO_CACHE``), applied on top.
     :param expiry: presigned URL lifetime in seconds (an int, or its string).
     :param azure_endpoint: Azure account URL override for an ``as://`` location.
-    :param triton_defaults: the Triton agent's rules for its two files.
+    :param triton_defaults: the Triton agent's rules for its two files (and: without a
+        ``dragonfly_config.json`` and a proxy, :class:`DragonflyConfigMissingError` unless
+        ``$DFREPO_ALLOW_DIRECT`` is on).
+    :param versions: the model's ``version_policy`` (which version directories to pull).
     :raises ConfigError: a bad setting (named); :raises LocationError: a bad location.
     """
     env = MappingProxyType(dict(os.environ if env is None else env))
@@ -234,4 +263,6 @@ def resolve(
         credential_path=credential_file(credential_path, env=env, triton_defaults=triton_defaults),
         expiry=_expiry(expiry),
         env=env,
+        direct_proxies=direct_proxies_from_env(env),
+        versions=versions,
     )

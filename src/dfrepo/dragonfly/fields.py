@@ -19,7 +19,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, warn_once
 from ..redact import redact_url
 from ..values import FALSE_WORDS, TRUE_WORDS
 from .taskid import parse_byte_size
@@ -31,6 +31,7 @@ __all__ = [
     "PARSERS",
     "TRANSPORTS",
     "check_header",
+    "dropped_header",
     "parse_headers",
     "parse_proxy",
     "setting_error",
@@ -43,11 +44,11 @@ MIN_PIECE_LENGTH = 4 * 1024 * 1024
 MAX_PIECE_LENGTH = 64 * 1024 * 1024
 TRANSPORTS = ("proxy", "grpc", "auto")
 
-# Headers dfrepo's engine owns, or that are per object: never settable in the config.
+# Headers that would break the transfer (per request or per object, or merging every
+# object into one task): refused.
 _FORBIDDEN_HEADERS = frozenset(
     h.lower()
     for h in (
-        "Accept-Encoding",
         "Host",
         "Range",
         "If-Range",
@@ -55,15 +56,16 @@ _FORBIDDEN_HEADERS = frozenset(
         "If-None-Match",
         "Content-Length",
         "Transfer-Encoding",
-        "Connection",
-        "Keep-Alive",
-        "Proxy-Connection",
-        "TE",
-        "Upgrade",
         # One value for every object would collapse all files into ONE task.
         "X-Dragonfly-Content-For-Calculating-Task-ID",
         "X-Dragonfly-Output-Path",
     )
+)
+# Headers the C++ agent forwarded verbatim (curl sends what it is given) that dfrepo's
+# connection handling owns: dropped with a warning (once per name), never fatal. Sending
+# them would not help (hop-by-hop) or would break the file (Accept-Encoding: gzip).
+_DROPPED_HEADERS = frozenset(
+    h.lower() for h in ("Accept-Encoding", "Connection", "Keep-Alive", "Proxy-Connection", "TE", "Upgrade")
 )
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -220,8 +222,19 @@ def parse_headers(value: Any, where: str | None, key: str = "header", loose: boo
     out: dict[str, str] = {}
     for name, val in value.items():
         check_header(name, val, where, f"{key}.{name}")
-        out[name] = val.strip()
+        if not dropped_header(name, where):
+            out[name] = val.strip()
     return out
+
+
+def dropped_header(name: str, where: str | None) -> bool:
+    """True (and a warning, once per name) for a header dfrepo ignores: hop-by-hop ones
+    and ``Accept-Encoding``, which the engine sets itself."""
+    if name.lower() not in _DROPPED_HEADERS:
+        return False
+    warn_once(f"header:{name.lower()}", f"{where + ': ' if where else ''}header {name!r} ignored: dfrepo manages "
+                                        f"connections and encodings itself")
+    return True
 
 
 def check_header(name: Any, value: Any, where: str | None, key: str) -> None:

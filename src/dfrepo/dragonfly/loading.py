@@ -32,7 +32,7 @@ from typing import Any
 from ..environment import DEFAULT_DRAGONFLY_CONFIG_PATH, DRAGONFLY_CONFIG_PATH_ENV, PROXY_ENV_VARS
 from ..errors import ConfigError, DfrepoWarning
 from .config import DragonflyConfig
-from .fields import PARSERS, check_header, parse_headers, parse_proxy, type_name
+from .fields import PARSERS, check_header, dropped_header, parse_headers, parse_proxy, type_name
 
 __all__ = [
     "CONFIG_PATH_ENV",
@@ -153,6 +153,8 @@ def _apply_overrides(values: dict[str, Any], overrides: Mapping[str, object]) ->
         if key.startswith("header."):
             name = key[len("header.") :]
             check_header(name, value, where, key)
+            if dropped_header(name, where):
+                continue
             for old in [h for h in headers if h.lower() == name.lower()]:
                 del headers[old]
             headers[name] = str(value).strip()

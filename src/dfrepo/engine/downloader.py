@@ -37,6 +37,7 @@ from .jobs import (
 )
 from .picker import get_copy_body
 from .plan import Span, plan_spans
+from .proxyenv import DirectProxies
 from .retry import RetryPolicy, as_dfrepo_error, exhausted, retryable, throttled
 from .scheduler import BatchProgress, Scheduler, Task
 from .settings import TransferConfig
@@ -62,6 +63,7 @@ class Downloader:
     :param publish: ``rename`` (temp file beside each destination) or ``in_place``
         (destinations inside the caller's private stage directory).
     :param fs: the file-system seam (tests inject faults through it).
+    :param direct_proxies: the environment's proxies for direct requests (curl's rules).
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class Downloader:
         implementation: str | None = None,
         publish: Publish = "rename",
         fs: FileSystem | None = None,
+        direct_proxies: DirectProxies | None = None,
     ) -> None:
         self.config = config or TransferConfig()
         self.dragonfly = dragonfly
@@ -82,7 +85,8 @@ class Downloader:
         self._own_transport = transport is None
         if transport is None:
             transport = Transport(self.config, proxy=dragonfly.proxy if dragonfly else None,
-                                  fallback_direct=dragonfly.fallback_direct if dragonfly else True)
+                                  fallback_direct=dragonfly.fallback_direct if dragonfly else True,
+                                  direct_proxies=direct_proxies)
         self.transport = transport
         self.limit: AdaptiveLimit | None = None
         """Requests in flight: made by the first batch, kept across batches."""

@@ -8,6 +8,7 @@ import re
 import socket
 import threading
 from collections.abc import Mapping
+from typing import Any
 
 import urllib3
 from urllib3.exceptions import (
@@ -21,6 +22,7 @@ from urllib3.exceptions import (
 
 from ..errors import ConfigError, IncompleteDownloadError, ProxyUnavailableError, TransferError
 from ..redact import redact_url
+from .proxyenv import DirectProxies
 from .settings import TransferConfig
 
 log = logging.getLogger("dfrepo")
@@ -88,6 +90,11 @@ class Transport:
 
     When the proxy cannot be reached and ``fallback_direct`` is on, the transport
     switches to direct origin requests once, logs the reason once, and stays direct.
+
+    Direct requests go through *direct_proxies* (the environment's ``http_proxy`` ...,
+    resolved by :func:`~dfrepo.engine.proxyenv.direct_proxies_from_env`) when one applies
+    to the URL: absolute-form GETs for ``http://`` origins, a CONNECT tunnel for
+    ``https://`` ones, as curl does.
     """
 
     def __init__(
@@ -97,6 +104,7 @@ class Transport:
         proxy: str | None = None,
         fallback_direct: bool = True,
         maxsize: int | None = None,
+        direct_proxies: DirectProxies | None = None,
     ) -> None:
         _install_log_filter()
         self.config = config
@@ -105,15 +113,12 @@ class Transport:
         # One connection per request the batch may have in flight (urllib3 opens them lazily).
         size = maxsize or config.max_workers
         timeout = urllib3.Timeout(connect=config.connect_timeout, read=config.read_timeout)
-        self._direct = urllib3.PoolManager(
-            num_pools=32,
-            maxsize=size,
-            block=False,
-            timeout=timeout,
-            retries=False,
-            cert_reqs="CERT_REQUIRED" if config.verify_tls else "CERT_NONE",
-            ca_certs=config.ca_bundle,
-        )
+        self.direct_proxies = direct_proxies
+        self._pool_args: dict[str, Any] = {
+            "num_pools": 32, "maxsize": size, "block": False, "timeout": timeout, "retries": False,
+            "cert_reqs": "CERT_REQUIRED" if config.verify_tls else "CERT_NONE", "ca_certs": config.ca_bundle}
+        self._direct = urllib3.PoolManager(**self._pool_args)
+        self._via_proxy: dict[str, urllib3.ProxyManager] = {}
         self._proxied: urllib3.HTTPConnectionPool | None = None
         if self.proxy:
             # Checked once, where settings are made (dfrepo.dragonfly.fields.parse_proxy).
@@ -137,7 +142,7 @@ class Transport:
                 # Fallen back to the origin: Dragonfly's headers are not its business.
                 headers = {k: v for k, v in headers.items() if not k.lower().startswith("x-dragonfly-")}
             try:
-                return self._direct.request("GET", url, headers=dict(headers), preload_content=False,
+                return self._direct_manager(url).request("GET", url, headers=dict(headers), preload_content=False,
                                             decode_content=False, redirect=False)
             except SSLError as exc:
                 raise TransferError(f"TLS error talking to {redact_url(url)}: {exc.__class__.__name__}",
@@ -158,6 +163,21 @@ class Transport:
                 return self._proxy_down(url, headers, exc)
             raise
 
+    def _direct_manager(self, url: str) -> urllib3.PoolManager:
+        """The pool manager for a direct request: the environment's proxy for *url*, or none."""
+        proxy = self.direct_proxies.proxy_for(url) if self.direct_proxies is not None else None
+        if proxy is None:
+            return self._direct
+        with self._lock:
+            manager = self._via_proxy.get(proxy)
+            if manager is None:
+                parsed = urllib3.util.parse_url(proxy)
+                headers = urllib3.make_headers(proxy_basic_auth=parsed.auth) if parsed.auth else None
+                bare = f"{parsed.scheme}://{parsed.netloc}"  # urllib3's netloc has no userinfo
+                manager = urllib3.ProxyManager(bare, proxy_headers=headers, **self._pool_args)
+                self._via_proxy[proxy] = manager
+        return manager
+
     def _proxy_down(self, url: str, headers: Mapping[str, str], exc: Exception) -> urllib3.BaseHTTPResponse:
         if not self.fallback_direct:
             raise ProxyUnavailableError(
@@ -173,5 +193,7 @@ class Transport:
 
     def clear(self) -> None:
         self._direct.clear()
+        for manager in self._via_proxy.values():
+            manager.clear()
         if self._proxied is not None:
             self._proxied.close()

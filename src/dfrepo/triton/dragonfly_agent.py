@@ -9,10 +9,12 @@ Same files, same environment variables, same defaults as the C++ agent
 Differences (documented in docs/triton-agent.md): a missing credential file at the
 *default* path falls back to the environment and SDK credential chains (as Triton core
 does) instead of failing; a path set explicitly in the environment must exist.  A
-missing Dragonfly config at the default path means "no proxy"; set explicitly it must
-exist.  Local (``FILESYSTEM``) locations are passed through instead of failing, and
-the agent ``parameters`` of ``config.pbtxt`` override settings per model
-(:mod:`dfrepo.triton.parameters`).
+missing Dragonfly config fails the LOAD, as the C++ agent's does, unless a proxy comes
+from ``$DFREPO_PROXY`` or ``$DFREPO_ALLOW_DIRECT=1`` allows direct downloads.  Local
+(``FILESYSTEM``) locations are passed through instead of failing; the agent
+``parameters`` of ``config.pbtxt`` override settings per model within the operator's
+allow-list (:mod:`dfrepo.triton.parameters`); only the version directories the model's
+``version_policy`` selects are pulled.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from .agent import LoadContext, RepoAgent
 __all__ = ["DragonflyAgent", "pull_model"]
 
 
-def pull_model(location: str, dest: str, *, parameters: Mapping[str, str]) -> Any:
+def pull_model(location: str, dest: str, *, parameters: Mapping[str, str],
+               model_config: Mapping[str, Any] | None = None) -> Any:
     """Pull *location* into *dest*: the model's settings resolved once
     (:func:`~dfrepo.triton.parameters.settings_for_model`), then
     :func:`dfrepo.pull.pull_with`.
@@ -36,7 +39,7 @@ def pull_model(location: str, dest: str, *, parameters: Mapping[str, str]) -> An
     from ..pull import pull_with
     from .parameters import settings_for_model
 
-    return pull_with(settings_for_model(location, parameters), dest)
+    return pull_with(settings_for_model(location, parameters, model_config=model_config), dest)
 
 
 class DragonflyAgent(RepoAgent):
@@ -51,5 +54,5 @@ class DragonflyAgent(RepoAgent):
         if not ctx.is_remote:
             return None
         dest = ctx.acquire_dir()
-        pull_model(ctx.location, dest, parameters=ctx.parameters)
+        pull_model(ctx.location, dest, parameters=ctx.parameters, model_config=ctx.model_config)
         return dest

@@ -3,29 +3,61 @@
 ``config.pbtxt`` gives the agent a flat map of strings. :func:`split_overrides` routes
 each key to the group that reads it: Dragonfly keys (``proxy``, ``tag``, ``header.X`` ...),
 transfer keys (``concurrency``, ``range_size`` ...) and the pull's own keys
-(:data:`PULL_KEYS`); an unknown key is an error, never ignored. :func:`settings_for_model`
-adds the agent's rules for its files and cache and calls :func:`dfrepo.settings.resolve`.
+(:data:`PULL_KEYS`); for the Python API and the CLI an unknown key is an error.
+
+:func:`settings_for_model` is the Triton agent's edge, where ``config.pbtxt`` comes from
+the bucket, not from the operator:
+
+* an unknown parameter is warned about (once per key) and ignored: the C++ agent read no
+  parameters at all, so configs written for it (or for other agents) keep loading;
+* a known one must be on the operator's allow-list (:func:`allowed_model_parameters`,
+  ``$DFREPO_MODEL_PARAMETERS``; default :data:`DEFAULT_MODEL_PARAMETERS`), else the LOAD
+  fails with :class:`~dfrepo.errors.ParameterNotAllowedError`: a model must not be able
+  to point the proxy, an endpoint, TLS checks or the cache somewhere else (a GCS or Azure
+  bearer token would follow the requests);
+* the model configuration's ``version_policy`` picks the version directories to pull.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import Any
 
 from ..dragonfly import is_override_key
 from ..engine import TransferConfig
-from ..environment import CACHE_SWITCH_ENV
-from ..errors import ConfigError
+from ..environment import CACHE_SWITCH_ENV, MODEL_PARAMETERS_ENV
+from ..errors import ConfigError, ParameterNotAllowedError, warn_once
 from ..settings import PullSettings, resolve
+from ..versions import VersionPolicy
 from .agent import AGENT_PARAMETER
 
-__all__ = ["PULL_KEYS", "Parameters", "route_parameters", "settings_for_model", "split_overrides"]
+__all__ = [
+    "DEFAULT_MODEL_PARAMETERS",
+    "PULL_KEYS",
+    "Parameters",
+    "allowed_model_parameters",
+    "model_overrides",
+    "route_parameters",
+    "settings_for_model",
+    "split_overrides",
+]
 
 _TRANSFER_KEYS = frozenset(f.name for f in fields(TransferConfig))
 #: Keys of a Triton agent's ``parameters`` that the pull itself reads (``dfrepo.agent``
 #: picks the agent class and is not a setting).
 PULL_KEYS = frozenset({"expiry", "cache", "azure_endpoint", AGENT_PARAMETER})
+#: What a model's ``config.pbtxt`` may set when the operator did not say
+#: (``$DFREPO_MODEL_PARAMETERS``): keys that only change how the peer names and schedules
+#: the model's own tasks. Everything that decides where requests and credentials go
+#: (``proxy``, ``transport``, ``socket``, ``azure_endpoint``, ``header.*``), how far they
+#: are trusted (``verify_tls``, ``ca_bundle``, ``expiry``), where files are written
+#: (``cache``) or how hard the bucket is hit (``concurrency``, ``use_p2p``,
+#: ``fallback_direct``) is the operator's.
+DEFAULT_MODEL_PARAMETERS = ("tag", "application", "priority", "filter", "piece_length")
+_NONE = frozenset({"", "none", "-"})
 
 
 def split_overrides(overrides: Mapping[str, str] | None) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
@@ -69,19 +101,68 @@ def route_parameters(overrides: Mapping[str, str] | None) -> Parameters:
                       expiry=pull.get("expiry"), azure_endpoint=pull.get("azure_endpoint"))
 
 
+def _known(key: str) -> bool:
+    return key in _TRANSFER_KEYS or key in PULL_KEYS or is_override_key(key)
+
+
+def allowed_model_parameters(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The operator's allow-list: ``$DFREPO_MODEL_PARAMETERS`` (comma-separated keys or
+    ``fnmatch`` patterns such as ``header.*``; ``*`` = every key; ``none`` = no key), else
+    :data:`DEFAULT_MODEL_PARAMETERS`."""
+    raw = env.get(MODEL_PARAMETERS_ENV)
+    if raw is None:
+        return DEFAULT_MODEL_PARAMETERS
+    if raw.strip().lower() in _NONE:
+        return ()
+    return tuple(e.strip() for e in raw.split(",") if e.strip())
+
+
+def _allowed(key: str, allow: tuple[str, ...]) -> bool:
+    name = "fallback_direct" if key == "fallback" else key
+    return any(fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(key, pattern) for pattern in allow)
+
+
+def model_overrides(parameters: Mapping[str, str], env: Mapping[str, str]) -> dict[str, str]:
+    """A model's agent *parameters* as overrides: unknown keys warned about (once per
+    key) and dropped, the bridge's ``dfrepo.*`` keys dropped, the rest checked against
+    :func:`allowed_model_parameters`.
+
+    :raises ParameterNotAllowedError: a known key the operator did not allow (named).
+    """
+    allow = allowed_model_parameters(env)
+    out: dict[str, str] = {}
+    for key, value in parameters.items():
+        if key.startswith("dfrepo."):
+            continue
+        if not _known(key):
+            warn_once(f"parameter:{key}", f"config.pbtxt agent parameter {key!r} is not a dfrepo setting; ignored")
+            continue
+        if not _allowed(key, allow):
+            shown = ", ".join(allow) if allow else "none"
+            raise ParameterNotAllowedError(
+                f"config.pbtxt agent parameter {key!r} may not be set by a model (operator allows: {shown}); "
+                f"set it in dragonfly_config.json or the environment, or allow it with "
+                f"{MODEL_PARAMETERS_ENV}=...,{key}", source="config.pbtxt", key=key)
+        out[key] = value
+    return out
+
+
 def settings_for_model(location: str, parameters: Mapping[str, str],
-                       env: Mapping[str, str] | None = None) -> PullSettings:
+                       env: Mapping[str, str] | None = None,
+                       model_config: Mapping[str, Any] | None = None) -> PullSettings:
     """The settings of one model's pull, from its agent *parameters* and the environment.
 
-    Every parameter but the bridge's own ``dfrepo.*`` keys is a setting. The agent's
+    Parameters go through :func:`model_overrides` (unknown: warned and ignored; not
+    allowed by the operator: refused). *model_config* (Triton's JSON) gives the
+    ``version_policy``: only the version directories it selects are pulled. The agent's
     files: ``$TRITON_DRAGONFLY_CONFIG_PATH``/``$TRITON_CLOUD_CREDENTIAL_PATH`` must exist
     when set; the ``/home/triton`` defaults are used when they exist. The persistent cache
     is what makes a reload or a restarted server cheap: on unless the model's ``cache``
     parameter or ``$DFREPO_CACHE`` says ``off`` (or names a directory).
     """
     env = os.environ if env is None else env
-    routed = route_parameters({k: v for k, v in parameters.items() if not k.startswith("dfrepo.")})
+    routed = route_parameters(model_overrides(parameters, env))
     cache = routed.cache if routed.cache is not None else env.get(CACHE_SWITCH_ENV, "on")
     return resolve(location, env=env, dragonfly_overrides=routed.dragonfly, transfer_overrides=routed.transfer,
                    cache_setting=cache, expiry=routed.expiry, azure_endpoint=routed.azure_endpoint,
-                   triton_defaults=True)
+                   triton_defaults=True, versions=VersionPolicy.from_model_config(model_config))
