@@ -165,7 +165,8 @@ def cmd_ls(args: argparse.Namespace, out: Out) -> int:
             "files": sum(1 for o in objects if not o.is_dir),
             "bytes": sum(o.size for o in objects),
             "objects": [{"rel_path": o.rel_path, "size": o.size, "version": o.version, "md5": o.md5,
-                         "crc32c": o.crc32c, "source": o.source, "dir": o.is_dir} for o in objects],
+                         "crc32c": o.crc32c, "source": o.source, **({"dir": True} if o.is_dir else {})}
+                        for o in objects],
         })
         return EXIT_OK
     names = [o.rel_path + ("/" if o.is_dir else "") for o in objects]
