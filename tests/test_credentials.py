@@ -69,11 +69,12 @@ def test_load_full(tmp_path: Path) -> None:
 @pytest.mark.parametrize("location,key_id", [
     ("s3://bucket/models/repo", "AKIA_BUCKET"),
     ("s3://bucket", "AKIA_BUCKET"),
-    ("s3://bucket-2/models", "AKIA_CATCHALL"),   # Triton would pick s3://bucket here
-    ("s3://bucketx", "AKIA_CATCHALL"),
+    ("s3://bucket-2/models", "AKIA_BUCKET"),     # plain string prefix, as Triton
+    ("s3://bucketx", "AKIA_BUCKET"),
     ("s3://other/x", "AKIA_CATCHALL"),
     ("s3://127.0.0.1:9000/models/repo", "AKIA_LOCAL"),
-    ("s3://127.0.0.1:9000/models2/repo", "AKIA_CATCHALL"),
+    ("s3://127.0.0.1:9000/models2/repo", "AKIA_LOCAL"),
+    ("s3://127.0.0.1:9001/models/repo", "AKIA_CATCHALL"),
 ])
 def test_s3_matching(tmp_path: Path, location: str, key_id: str) -> None:
     creds = resolve_credentials(location, credential_path=write(tmp_path, FULL), env={})
@@ -88,6 +89,9 @@ def test_longest_match_wins(tmp_path: Path) -> None:
     assert creds.profile == "special" and not creds.is_static
     creds = resolve_credentials("s3://bucket/models/specialist", credential_path=write(tmp_path, FULL),
                                 env={})
+    assert creds.profile == "special"  # type: ignore[union-attr]  # plain string prefix, as Triton
+    creds = resolve_credentials("s3://bucket/models/other", credential_path=write(tmp_path, FULL),
+                                env={})
     assert creds.key_id == "AKIA_BUCKET"  # type: ignore[union-attr]
 
 
@@ -99,7 +103,9 @@ def test_azure_and_gcs_matching(tmp_path: Path) -> None:
     gs = resolve_credentials("gs://models/repo", credential_path=path, env={})
     assert isinstance(gs, GCSCredentials) and gs.service_account_path == "/keys/sa.json"
     gs2 = resolve_credentials("gs://models2/repo", credential_path=path, env={})
-    assert gs2.service_account_path.endswith("relative-sa.json")  # type: ignore[union-attr]
+    assert gs2.service_account_path == "/keys/sa.json"  # type: ignore[union-attr]  # string prefix
+    gs3 = resolve_credentials("gs://weights/repo", credential_path=path, env={})
+    assert gs3.service_account_path.endswith("relative-sa.json")  # type: ignore[union-attr]
     with pytest.raises(CredentialsError) as exc:
         resolve_credentials("as://nomatch/c1c/r", credential_path=path, env={})
     assert path in str(exc.value) and "as://nomatch" in str(exc.value)
@@ -120,12 +126,32 @@ def test_file_from_env_var(tmp_path: Path) -> None:
 
 
 def test_match_credential_name() -> None:
+    """Triton's rule: the longest plain string prefix (not path-segment aware)."""
     names = ["", "s3://bucket", "s3://bucket/a", "s3://"]
     assert match_credential_name(names, "s3://bucket/a/b") == "s3://bucket/a"
-    assert match_credential_name(names, "s3://bucket/ab") == "s3://bucket"
-    assert match_credential_name(names, "s3://bucket-2") == "s3://"
-    assert match_credential_name(["s3://bucket"], "s3://bucket-2") is None
+    assert match_credential_name(names, "s3://bucket/ab") == "s3://bucket/a"
+    assert match_credential_name(names, "s3://bucket-2") == "s3://bucket"
+    assert match_credential_name(["s3://bucket"], "s3://bucket-2") == "s3://bucket"
+    assert match_credential_name(["s3://bucket/"], "s3://bucket-2") is None
     assert match_credential_name(["gs://b/"], "gs://b/x") == "gs://b/"
+    assert match_credential_name(["s3://other"], "s3://bucket/x") is None
+
+
+def test_credential_key_is_a_plain_string_prefix(tmp_path: Path) -> None:
+    """A key that ends mid-segment matches as in Triton and the C++ agent (issue #15)."""
+    path = write(tmp_path, {
+        "s3": {"s3://bucket/mod": {"key_id": "AKIA_MOD", "secret_key": SECRET}},
+        "gs": {"gs://models-": "/keys/sa.json"},
+        "as": {"as://acct/mod": {"account_str": "acct", "account_key": AZKEY}},
+    })
+    creds = resolve_credentials("s3://bucket/models/x", credential_path=path, env={})
+    assert isinstance(creds, S3Credentials) and creds.key_id == "AKIA_MOD"
+    gcreds = resolve_credentials("gs://models-eu/x", credential_path=path, env={})
+    assert isinstance(gcreds, GCSCredentials) and gcreds.service_account_path == "/keys/sa.json"
+    acreds = resolve_credentials("as://acct/models/x", credential_path=path, env={})
+    assert isinstance(acreds, AzureCredentials) and acreds.account_name == "acct"
+    with pytest.raises(CredentialsError, match="matches"):
+        resolve_credentials("s3://bucket/other/x", credential_path=path, env={})
 
 
 # --------------------------------------------------------------------------- malformed

@@ -159,12 +159,14 @@ def test_local_store(tmp_path: Path) -> None:
     files = make_model_dir(tmp_path / "m")
     (tmp_path / "m" / "emptydir").mkdir()
     objs = list_model(str(tmp_path / "m"))
+    assert [o.rel_path for o in objs if o.is_dir] == ["emptydir"]  # kept (issue #15)
+    objs = [o for o in objs if not o.is_dir]
     assert [o.rel_path for o in objs] == sorted(files)
     for obj in objs:
         assert obj.url.startswith("file:///")
         assert obj.size == len(files[obj.rel_path])
         assert obj.version
-    url_objs = list_model((tmp_path / "m").as_uri())
+    url_objs = [o for o in list_model((tmp_path / "m").as_uri()) if not o.is_dir]
     assert [o.url for o in url_objs] == [o.url for o in objs]
 
 
@@ -246,6 +248,8 @@ def test_s3_list_and_fetch(s3_model: tuple[Any, str, dict[str, bytes]]) -> None:
     client.put_object(Bucket="models", Key=f"{prefix}/emptydir/", Body=b"")
     client.put_object(Bucket="models", Key=f"{prefix}2/other.txt", Body=b"not mine")
     objs = list_model(_s3_loc(server, "models", prefix), _s3_creds(server), expiry=120)
+    assert [(o.rel_path, o.size, o.url) for o in objs if o.is_dir] == [("emptydir", 0, "")]
+    objs = [o for o in objs if not o.is_dir]
     check_listing(objs, files)
     for obj in objs:
         query = parse_qs(urlsplit(obj.url).query)
@@ -375,6 +379,8 @@ def test_azure_list_and_fetch(azurite: Any, tmp_path: Path) -> None:
     service.get_container_client("models").upload_blob("repo/toy2/x", b"no", overwrite=True)
     loc = parse_location(f"as://{azurite.account}/models/repo/toy", azure_endpoint=azurite.endpoint)
     objs = list_model(loc, _az_creds(azurite), expiry=300)
+    assert [(o.rel_path, o.size, o.url) for o in objs if o.is_dir] == [("emptydir", 0, "")]
+    objs = [o for o in objs if not o.is_dir]
     check_listing(objs, files)
     for obj in objs:
         query = parse_qs(urlsplit(obj.url).query)

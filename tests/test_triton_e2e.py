@@ -438,6 +438,30 @@ def test_as_model_through_the_peer_over_tls(azurite_tls: Any, agents: Path, work
 
 
 # ------------------------------------------------------------------------------------------
+# 3b. an ensemble whose version directory is empty (only an S3 "1/" marker) -- issue #15
+# ------------------------------------------------------------------------------------------
+def test_ensemble_with_empty_version_dir(node_a: Node, s3: Any, work: Path) -> None:
+    step, ens = "e2e_ens_step", "e2e_ens"
+    _publish_s3(s3, work, step, add=7.0, size=2 * MiB)
+    src = work / "src" / ens / ens
+    src.mkdir(parents=True)
+    (src / "config.pbtxt").write_text("\n".join([
+        f'name: "{ens}"', 'platform: "ensemble"', "max_batch_size: 0",
+        'input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 4 ] } ]',
+        'output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 4 ] } ]',
+        f'ensemble_scheduling {{ step [ {{ model_name: "{step}" model_version: -1 '
+        'input_map { key: "INPUT0" value: "INPUT0" } output_map { key: "OUTPUT0" value: "OUTPUT0" } } ] }',
+        f'model_repository_agents {{ agents [ {{ name: "{AGENT}" }} ] }}', ""]))
+    upload_tree_s3(s3, BUCKET, PREFIX, src.parent)
+    s3.client().put_object(Bucket=BUCKET, Key=f"{PREFIX}/{ens}/1/", Body=b"")  # the empty version dir
+    node_a.load_ok(step)
+    node_a.load_ok(ens)  # Triton refuses an ensemble without a version directory
+    assert node_a.triton.infer_fp32(ens, "INPUT0", X, "OUTPUT0") == [v + 7.0 for v in X]
+    for name in (ens, step):
+        node_a.unload(name)
+
+
+# ------------------------------------------------------------------------------------------
 # 4. unload + reload: persistent cache; with the cache off, a local hit at the peer
 # ------------------------------------------------------------------------------------------
 def test_reload_served_by_cache_or_peer(node_a: Node, s3: Any, work: Path) -> None:

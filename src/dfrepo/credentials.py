@@ -11,11 +11,13 @@ Resolution for one location (:func:`resolve_credentials`):
         "as": {"<name>": {"account_str": ..., "account_key": ...,
                           "auth_type": "key|managed_identity|default", "client_id": ...}}}
 
-   The entry whose *name* is the longest match for the location wins; ``""`` is the
-   catch-all.  **Deliberate difference from Triton:** Triton uses a plain string prefix,
-   so ``s3://bucket`` also captures ``s3://bucket-2/...``; here a name matches only on a
-   path-segment boundary (the location equals the name, or continues with ``/``, or the
-   name itself ends with ``/``).  As in Triton there is no environment fallback while a
+   The entry whose *name* is the longest plain string prefix of the location wins
+   (exactly Triton's and the C++ agent's rule); ``""`` is the catch-all.  A string
+   prefix is not path-segment aware: ``s3://bucket/mod`` captures
+   ``s3://bucket/models/x`` and ``s3://bucket`` captures ``s3://bucket-2/...``; end a
+   name with ``/`` to stop that.  The location is matched as written (``raw``), as
+   Triton sees it (a location built in code without ``raw``: its display form).
+   As in Triton there is no environment fallback while a
    file is in use: no match is an error.
 
 2. With no file, the variables Triton reads: ``AWS_ACCESS_KEY_ID``,
@@ -144,14 +146,13 @@ class CredentialFile:
         raise KeyError(provider)
 
     def match(self, location: AnyLocation) -> Credentials:
-        """The credential for *location* (longest segment-boundary match).
+        """The credential for *location* (longest plain string prefix, as Triton).
 
         :raises CredentialsError: no entry matches (as Triton: no env fallback).
         """
         provider = location.scheme
         entries = self.entries(provider)
-        candidates = [location.raw, location.display] if location.raw else [location.display]
-        name = match_credential_name(entries.keys(), candidates)
+        name = match_credential_name(entries.keys(), location.raw or location.display)
         if name is None:
             raise CredentialsError(
                 f"no {provider!r} credential in {self.path!r} matches {location.display!r} "
@@ -160,25 +161,18 @@ class CredentialFile:
         return entries[name]
 
 
-def _segment_prefix(name: str, path: str) -> bool:
-    if name == "":
-        return True
-    if not path.startswith(name):
-        return False
-    return len(path) == len(name) or name.endswith("/") or path[len(name)] == "/"
-
-
 def match_credential_name(names: Any, paths: list[str] | str) -> str | None:
-    """The longest of *names* that is a path-segment prefix of one of *paths*, or None.
+    """The longest of *names* that is a plain string prefix of one of *paths*, or None.
 
-    ``"s3://bucket"`` matches ``s3://bucket`` and ``s3://bucket/x`` but not
-    ``s3://bucket-2/x``; ``""`` matches everything.
+    Triton's rule (``!path.rfind(name, 0)``, longest name first): ``"s3://bucket/mod"``
+    matches ``s3://bucket/models/x``; ``"s3://bucket"`` matches ``s3://bucket-2/x``;
+    ``""`` matches everything.
     """
     if isinstance(paths, str):
         paths = [paths]
     best: str | None = None
     for name in names:
-        if any(_segment_prefix(name, p) for p in paths):
+        if any(p.startswith(name) for p in paths):
             if best is None or len(name) > len(best):
                 best = name
     return best

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .redact import redact_url
@@ -21,6 +22,14 @@ class RemoteObject:
     :param headers: extra request headers the URL needs (e.g. a bearer token when a GCS
         credential cannot sign). Secret, like ``url``.
     :param source: the object's location for messages (``s3://bucket/key``), no secrets.
+    :param resign: signs a fresh GET URL for the same object version (the store's
+        presigner), or None when the URL does not expire (public, ``file://``) or cannot be
+        re-signed (GCS bearer token).  The pull hands it to the engine as
+        ``DownloadRequest.refresh``.  Not part of equality, hash or ``repr``.
+    :param is_dir: a directory entry (an S3/GCS ``dir/`` marker, an Azure HNS folder blob,
+        an empty local directory): ``size`` is 0, ``url`` is empty, and the pull only
+        creates the directory (Triton refuses an ensemble whose empty version directory
+        is missing).
     """
 
     rel_path: str
@@ -31,8 +40,17 @@ class RemoteObject:
     crc32c: str | None = None
     headers: dict[str, str] = field(default_factory=dict, repr=False)
     source: str = ""
+    resign: Callable[[], str] | None = field(default=None, repr=False, compare=False, hash=False)
+    is_dir: bool = False
+
+    @classmethod
+    def directory(cls, rel_path: str, source: str = "") -> RemoteObject:
+        """An (empty) directory of the model tree."""
+        return cls(rel_path=rel_path, size=0, url="", source=source, is_dir=True)
 
     def __repr__(self) -> str:
+        if self.is_dir:
+            return f"RemoteObject(rel_path={self.rel_path!r}, is_dir=True, source={self.source!r})"
         return (
             f"RemoteObject(rel_path={self.rel_path!r}, size={self.size}, "
             f"url={redact_url(self.url)!r}, version={self.version!r}, source={self.source!r})"

@@ -188,6 +188,9 @@ def pull_with(
         etag_is_http = loc.scheme in ("s3", "as")
         for obj in objects:
             target = safe_join(stage, obj.rel_path)
+            if obj.is_dir:  # an empty directory (e.g. an ensemble's version dir)
+                target.mkdir(parents=True, exist_ok=True)
+                continue
             target.parent.mkdir(parents=True, exist_ok=True)
             if isinstance(loc, LocalLocation) or obj.url.startswith("file://"):
                 _link_or_copy(Path(unquote(urlsplit(obj.url).path)), target)
@@ -199,7 +202,8 @@ def pull_with(
             to_fetch.append((obj, DownloadRequest(
                 url=obj.url, dest=target, size=obj.size,
                 etag=obj.version if etag_is_http else None,
-                md5=obj.md5, headers=dict(obj.headers), version=obj.version)))
+                md5=obj.md5, headers=dict(obj.headers), version=obj.version,
+                refresh=obj.resign)))
         results: list[DownloadResult] = []
         fallback_reason = None
         via = "cache" if cache is not None and objects else "direct"
@@ -234,7 +238,7 @@ def pull_with(
     result = PullResult(
         location=loc.display,
         dest=dest,
-        files=len(objects),
+        files=sum(1 for o in objects if not o.is_dir),
         bytes=total,
         seconds=time.monotonic() - started,
         bytes_from_origin=by_source["origin"],

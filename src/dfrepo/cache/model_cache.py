@@ -9,13 +9,15 @@ import fcntl
 import logging
 import os
 import stat
+import threading
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ..engine.fs import md5_of_fd
-from ..errors import CacheError, ConfigError
+from ..errors import CacheError, ConfigError, DfrepoWarning
 from ..objects import RemoteObject
 from ..redact import redact_inline
 from ..values import normalize_etag, parse_size
@@ -23,7 +25,8 @@ from .directory import CacheDir, CacheEntry, remove_file
 from .keys import cache_key, identity
 from .materialize import LINK_REFUSED, copy_fd, place
 
-__all__ = ["CACHE_DIR_ENV", "CACHE_MAX_BYTES_ENV", "DEFAULT_MAX_BYTES", "ModelCache", "default_cache_dir"]
+__all__ = ["CACHE_DIR_ENV", "CACHE_MAX_BYTES_ENV", "DEFAULT_MAX_BYTES", "ModelCache", "default_cache_dir",
+           "open_cache"]
 
 log = logging.getLogger("dfrepo")
 
@@ -44,6 +47,33 @@ def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
     if xdg and os.path.isabs(xdg):  # the XDG spec says relative values are invalid
         return Path(xdg) / "dfrepo"
     return Path.home() / ".cache" / "dfrepo"
+
+
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def open_cache(root: str | os.PathLike[str] | None = None, *,
+               env: Mapping[str, str] | None = None) -> ModelCache | None:
+    """A :class:`ModelCache`, or None when its directory is unusable (read-only, a foreign
+    or missing ``$HOME``, a random UID as on OpenShift, an unwritable ``DFREPO_CACHE_DIR``).
+
+    A pull goes on without the cache then: the first time per directory (per process) a
+    :class:`~dfrepo.errors.DfrepoWarning` is issued and the reason logged.  Configuration
+    errors (a bad ``DFREPO_CACHE_MAX_BYTES``) still raise :class:`~dfrepo.errors.ConfigError`.
+    """
+    try:
+        return ModelCache(root, env=env)
+    except CacheError as exc:
+        where = str(getattr(exc, "path", None) or root or CACHE_DIR_ENV)
+        with _warned_lock:
+            first = where not in _warned
+            _warned.add(where)
+        if first:
+            msg = f"{exc}; continuing without the cache (set {CACHE_DIR_ENV} to a writable directory)"
+            log.warning("dfrepo: cache: %s", msg)
+            warnings.warn(msg, DfrepoWarning, stacklevel=2)
+        return None
 
 
 class ModelCache:
@@ -80,7 +110,11 @@ class ModelCache:
         elif isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
             raise ConfigError(f"cache max_bytes must be a non-negative int, got {max_bytes!r}",
                               source="arg", key="max_bytes")
-        self.root = Path(root).expanduser() if root is not None else default_cache_dir(env)
+        try:
+            self.root = Path(root).expanduser() if root is not None else default_cache_dir(env)
+        except (RuntimeError, KeyError, OSError) as exc:  # no $HOME and no passwd entry
+            raise CacheError(f"no cache directory: cannot determine the home directory ({exc}); "
+                             f"set {CACHE_DIR_ENV}", path=None) from None
         self.max_bytes = max_bytes
         self.verify = verify
         self._dir = CacheDir(self.root)

@@ -162,14 +162,16 @@ def cmd_ls(args: argparse.Namespace, out: Out) -> int:
     if out.json_mode:
         out.result({
             "location": loc.display,
-            "files": len(objects),
+            "files": sum(1 for o in objects if not o.is_dir),
             "bytes": sum(o.size for o in objects),
             "objects": [{"rel_path": o.rel_path, "size": o.size, "version": o.version, "md5": o.md5,
-                         "crc32c": o.crc32c, "source": o.source} for o in objects],
+                         "crc32c": o.crc32c, "source": o.source, **({"dir": True} if o.is_dir else {})}
+                        for o in objects],
         })
         return EXIT_OK
-    width = max((len(o.rel_path) for o in objects), default=0)
+    names = [o.rel_path + ("/" if o.is_dir else "") for o in objects]
+    width = max((len(n) for n in names), default=0)
     size_width = max((len(str(o.size)) for o in objects), default=0)
-    for o in objects:
-        out.line(f"{o.rel_path:<{width}}  {o.size:>{size_width}}  {o.version or '-'}")
+    for name, o in zip(names, objects, strict=True):
+        out.line(f"{name:<{width}}  {o.size:>{size_width}}  {o.version or '-'}")
     return EXIT_OK

@@ -8,8 +8,10 @@
 * ``as://`` -> :func:`dfrepo.stores.azure.list_azure` (read-only SAS)
 * local / ``file://`` -> :func:`dfrepo.stores.local.list_local` (``file://`` URLs)
 
-Every entry's ``rel_path`` passed :func:`~dfrepo.safepaths.safe_relpath`; directory
-marker objects are skipped; the list is sorted by ``rel_path``.  An empty directory or
+Every entry's ``rel_path`` passed :func:`~dfrepo.safepaths.safe_relpath`; a directory
+marker becomes a directory entry (``is_dir``) when no file lies under it, so empty
+directories are recreated; the list is sorted by ``rel_path``.  Signed URLs carry a
+re-signer (``RemoteObject.resign``).  An empty directory or
 missing bucket/container raises :class:`~dfrepo.errors.ObjectNotFoundError`; rejected
 credentials raise :class:`~dfrepo.errors.CredentialsError`.
 """

@@ -10,6 +10,11 @@
   because listing did, i.e. the container is public.  A private container is
   refused at listing, so an unsigned URL is never handed out for it.
 
+Directories: a zero-byte ``dir/`` blob and a hierarchical-namespace (ADLS Gen2) folder
+blob (metadata ``hdi_isfolder=true``, no trailing slash) become directory entries
+(``RemoteObject.is_dir``), so empty directories are recreated.  Signed URLs carry
+``resign`` (a new SAS for the same blob, used when one expires mid-pull).
+
 The account is ``account_str`` from the credential when set (as in Triton), else the
 location's.  ``version`` is the ETag (quotes stripped); ``md5`` is the hex of
 ``Content-MD5`` when the blob has one.
@@ -21,6 +26,8 @@ import base64
 import binascii
 import datetime as _dt
 import logging
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from ..credentials import AzureCredentials
@@ -29,11 +36,13 @@ from ..locations import AZURE_DEFAULT_SUFFIX, AzureLocation
 from ..objects import RemoteObject
 from ..safepaths import safe_relpath
 from ..values import normalize_etag
-from ._common import b64_to_hex, finish, is_dir_marker
+from ._common import b64_to_hex, dir_entry, finish, is_dir_marker, resign_expiry
 
 log = logging.getLogger(__name__)
 
 _CLOCK_SKEW = _dt.timedelta(minutes=5)
+_KEY_SLACK = _dt.timedelta(hours=1)
+_MAX_KEY_LIFE = _dt.timedelta(days=7)  # the service's limit for a user delegation key
 
 
 def token_credential(creds: AzureCredentials) -> Any:
@@ -57,6 +66,58 @@ def _account_and_endpoint(location: AzureLocation, creds: AzureCredentials) -> t
     if account != location.account and endpoint == f"https://{location.account}{AZURE_DEFAULT_SUFFIX}":
         endpoint = f"https://{account}{AZURE_DEFAULT_SUFFIX}"
     return account, endpoint
+
+
+def _is_folder(blob: Any) -> bool:
+    """An HNS folder blob (``hdi_isfolder=true``) or a zero-byte ``dir/`` marker."""
+    meta = {str(k).lower(): str(v).lower() for k, v in (blob.metadata or {}).items()}
+    return meta.get("hdi_isfolder") == "true" or is_dir_marker(blob.name, int(blob.size or 0))
+
+
+class _SasSigner:
+    """Makes read-only SAS query strings for one container, now or later (re-signing).
+
+    Shared key: signed locally.  Identity: with a user delegation key, fetched once and
+    again when the one held expires before the SAS would.
+    """
+
+    def __init__(self, service: Any, account: str, container: str, creds: AzureCredentials):
+        self._service, self._account, self._container, self._creds = service, account, container, creds
+        self._lock = threading.Lock()
+        self._key: Any = None
+        self._key_expiry: _dt.datetime | None = None
+
+    def sas(self, name: str, seconds: int) -> str:
+        from azure.storage.blob import BlobSasPermissions, generate_blob_sas
+
+        now = _dt.datetime.now(_dt.timezone.utc)
+        start, expires = now - _CLOCK_SKEW, now + _dt.timedelta(seconds=seconds)
+        permission = BlobSasPermissions(read=True)
+        if self._creds.auth_type == "key":
+            return str(generate_blob_sas(self._account, self._container, name,
+                                         account_key=self._creds.account_key,
+                                         permission=permission, start=start, expiry=expires))
+        with self._lock:
+            if self._key is None or self._key_expiry is None or self._key_expiry < expires:
+                # Held a while longer than this SAS needs, so one listing asks once.
+                key_expiry = min(expires + _KEY_SLACK, now + _MAX_KEY_LIFE)
+                self._key = self._service.get_user_delegation_key(start, key_expiry)
+                self._key_expiry = key_expiry
+            key = self._key
+        return str(generate_blob_sas(self._account, self._container, name,
+                                     user_delegation_key=key, permission=permission,
+                                     start=start, expiry=expires))
+
+    def resigner(self, base_url: str, name: str, seconds: int,
+                 location: AzureLocation) -> Callable[[], str]:
+        import azure.core.exceptions as aexc
+
+        def sign() -> str:
+            try:
+                return base_url + "?" + self.sas(name, seconds)
+            except aexc.AzureError as exc:
+                raise _translate(exc, location, self._creds) from exc
+        return sign
 
 
 def _translate(exc: BaseException, location: AzureLocation, creds: AzureCredentials) -> Exception:
@@ -98,12 +159,7 @@ def list_azure(
 ) -> list[RemoteObject]:
     """List ``location`` recursively and make a read-only SAS URL for every blob."""
     import azure.core.exceptions as aexc
-    from azure.storage.blob import (
-        BlobSasPermissions,
-        BlobServiceClient,
-        LinearRetry,
-        generate_blob_sas,
-    )
+    from azure.storage.blob import BlobServiceClient, LinearRetry
 
     account, endpoint = _account_and_endpoint(location, creds)
     credential: Any
@@ -129,35 +185,30 @@ def list_azure(
                                 connection_timeout=min(timeout, 10.0), read_timeout=timeout)
     container = service.get_container_client(location.container)
     list_prefix = location.prefix + "/" if location.prefix else None
-    now = _dt.datetime.now(_dt.timezone.utc)
-    start, expires = now - _CLOCK_SKEW, now + _dt.timedelta(seconds=expiry)
-    permission = BlobSasPermissions(read=True)
-    delegation_key = None
+    signer = None if creds.auth_type == "anonymous" else _SasSigner(
+        service, account, location.container, creds)
     objects: list[RemoteObject] = []
     try:
-        for blob in container.list_blobs(name_starts_with=list_prefix, timeout=int(timeout)):
+        for blob in container.list_blobs(name_starts_with=list_prefix, include=["metadata"],
+                                          timeout=int(timeout)):
             name, size = blob.name, int(blob.size or 0)
-            if is_dir_marker(name, size):
+            if _is_folder(blob):
+                entry = dir_entry(name + ("" if name.endswith("/") else "/"), location.prefix,
+                                  location.source_for(name))
+                if entry is not None:
+                    objects.append(entry)
                 continue
             rel = safe_relpath(name, location.prefix)
-            url = container.get_blob_client(name).url
-            if creds.auth_type == "key":
-                sas = generate_blob_sas(account, location.container, name,
-                                        account_key=creds.account_key, permission=permission,
-                                        start=start, expiry=expires)
-                url += "?" + sas
-            elif creds.auth_type != "anonymous":
-                if delegation_key is None:
-                    delegation_key = service.get_user_delegation_key(start, expires)
-                sas = generate_blob_sas(account, location.container, name,
-                                        user_delegation_key=delegation_key,
-                                        permission=permission, start=start, expiry=expires)
-                url += "?" + sas
+            url = base = container.get_blob_client(name).url
+            resign = None
+            if signer is not None:
+                url = base + "?" + signer.sas(name, expiry)
+                resign = signer.resigner(base, name, resign_expiry(expiry), location)
             settings = blob.content_settings
             objects.append(RemoteObject(
                 rel_path=rel, size=size, url=url, version=normalize_etag(blob.etag),
                 md5=b64_to_hex(settings.content_md5 if settings else None),
-                source=location.source_for(name)))
+                source=location.source_for(name), resign=resign))
     except aexc.AzureError as exc:
         raise _translate(exc, location, creds) from exc
     log.debug("listed %d blobs under %s", len(objects), location.display)

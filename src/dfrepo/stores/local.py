@@ -2,7 +2,8 @@
 
 Each regular file becomes a :class:`RemoteObject` with a ``file://`` URL (the real
 path, symlinks resolved) so callers can hard-link or copy it instead of downloading.
-Symlinked directories are followed once (cycles are skipped).  ``version`` is
+Symlinked directories are followed once (cycles are skipped); an empty directory
+becomes a directory entry (``RemoteObject.is_dir``).  ``version`` is
 ``"<mtime_ns hex>-<size hex>"``, enough to notice a changed file; there is no md5.
 """
 
@@ -38,6 +39,9 @@ def list_local(location: LocalLocation) -> list[RemoteObject]:
             continue
         seen.add(real)
         dirnames.sort()
+        if not filenames and not dirnames and dirpath != root:
+            key = os.path.relpath(dirpath, root).replace(os.sep, "/")
+            objects.append(RemoteObject.directory(safe_relpath(key, ""), source=dirpath))
         for fname in sorted(filenames):
             full = os.path.join(dirpath, fname)
             try:

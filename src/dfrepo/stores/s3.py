@@ -7,6 +7,11 @@ model directory; each object gets a presigned ``GET`` (``generate_presigned_url`
 SigV4, ``X-Amz-SignedHeaders=host``) valid for ``expiry`` seconds.  The host:port
 location form is addressed path-style, as Triton does.
 
+A zero-byte ``dir/`` marker becomes a directory entry (``RemoteObject.is_dir``), so an
+empty directory such as an ensemble's version directory is recreated (Triton's own S3
+code does).  Every file carries ``resign``: a fresh presigned GET for the same key, used
+when a URL expires part-way through a long pull (lifetime ``resign_expiry(expiry)``).
+
 ``RemoteObject.version`` is the ETag without quotes; ``md5`` is the ETag when it is a
 plain 32-hex single-part ETag.  Caveat: objects encrypted with SSE-KMS/SSE-C have such
 ETags that are *not* the MD5 of the content; pass ``trust_etag_md5=False`` there.
@@ -15,6 +20,7 @@ ETags that are *not* the MD5 of the content; pass ``trust_etag_md5=False`` there
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from ..credentials import S3Credentials
@@ -24,7 +30,7 @@ from ..objects import RemoteObject
 from ..redact import redact_inline
 from ..safepaths import safe_relpath
 from ..values import normalize_etag
-from ._common import finish, is_dir_marker, s3_etag_md5
+from ._common import dir_entry, finish, is_dir_marker, resign_expiry, s3_etag_md5
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +151,20 @@ def _translate(exc: BaseException, location: S3Location, creds: S3Credentials) -
     return StoreError(f"S3 listing of {where} failed: {type(exc).__name__}", provider="s3")
 
 
+def _presigner(client: Any, bucket: str, key: str, expiry: int) -> Callable[[], str]:
+    """Signs a GET for ``bucket/key`` valid *expiry* seconds, locally, on each call."""
+    import botocore.exceptions
+
+    def sign() -> str:
+        try:
+            return str(client.generate_presigned_url(
+                "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expiry))
+        except botocore.exceptions.BotoCoreError as exc:  # e.g. a role's credentials ran out
+            raise CredentialsError(f"cannot sign a fresh URL for s3 object {key!r}: "
+                                   f"{type(exc).__name__}", provider="s3") from exc
+    return sign
+
+
 def list_s3(
     location: S3Location,
     creds: S3Credentials,
@@ -183,16 +203,18 @@ def list_s3(
             for item in page.get("Contents", ()):
                 key, size = item["Key"], int(item.get("Size", 0))
                 if is_dir_marker(key, size):
+                    entry = dir_entry(key, location.prefix, location.source_for(key))
+                    if entry is not None:
+                        objects.append(entry)
                     continue
                 rel = safe_relpath(key, location.prefix)
                 etag = normalize_etag(item.get("ETag"))
-                url = client.generate_presigned_url(
-                    "get_object", Params={"Bucket": location.bucket, "Key": key},
-                    ExpiresIn=expiry)
+                url = _presigner(client, location.bucket, key, expiry)()
                 objects.append(RemoteObject(
                     rel_path=rel, size=size, url=url, version=etag,
                     md5=s3_etag_md5(etag) if trust_etag_md5 else None,
-                    source=location.source_for(key)))
+                    source=location.source_for(key),
+                    resign=_presigner(client, location.bucket, key, resign_expiry(expiry))))
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         raise _translate(exc, location, creds) from exc
     log.debug("listed %d objects under %s", len(objects), location.display)
