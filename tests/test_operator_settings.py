@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from forward_proxy import ForwardProxy
 
 from dfrepo import settings as settings_mod
 from dfrepo.dragonfly import load_dragonfly_config
@@ -29,6 +28,7 @@ from dfrepo.triton.agent import LoadContext
 from dfrepo.triton.dragonfly_agent import DragonflyAgent
 from dfrepo.triton.parameters import settings_for_model
 from dfrepo.versions import VersionPolicy
+from forward_proxy import ForwardProxy
 
 
 @pytest.fixture

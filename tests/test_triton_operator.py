@@ -17,15 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from forward_proxy import ForwardProxy
 
 pytestmark = [pytest.mark.triton, pytest.mark.servers]
 
 models = pytest.importorskip("servers.models")
+from dfrepo.triton.install import install_agent
 from servers.triton import triton_home
 from servers.upload import upload_tree_s3
-
-from dfrepo.triton.install import install_agent
 
 BUCKET = "operator-models"
 X = [1.0, 2.0, 3.0, 4.0]
