@@ -71,7 +71,8 @@ def test_agent_loads_s3_model_on_triton_version(
                           agent_params={"proxy": peer.url, "cache": "off"})
     upload_tree_s3(seaweedfs, BUCKET, prefix, tmp_path / "src")
     env = {**seaweedfs.triton_env(), "TRITON_DRAGONFLY_CONFIG_PATH": str(tmp_path / "none.json"),
-           "DFREPO_CACHE_DIR": str(tmp_path / "cache")}
+           "DFREPO_CACHE_DIR": str(tmp_path / "cache"),
+           "DFREPO_MODEL_PARAMETERS": "proxy,cache"}  # the operator lets this model pick its peer
     (tmp_path / "none.json").write_text("{}")
 
     t0 = time.monotonic()
