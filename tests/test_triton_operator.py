@@ -22,8 +22,8 @@ from forward_proxy import ForwardProxy
 
 pytestmark = [pytest.mark.triton, pytest.mark.servers]
 
-models = pytest.importorskip("servers.models")
 from dfrepo.triton.install import install_agent
+from servers import models
 from servers.triton import triton_home
 from servers.upload import upload_tree_s3
 

@@ -24,9 +24,9 @@ import pytest
 
 pytestmark = [pytest.mark.triton, pytest.mark.servers]
 
-models = pytest.importorskip("servers.models")
 from dfpeer import PeerProcess
 from dfrepo.triton.install import install_agent
+from servers import models
 from servers.triton import dfrepo_workers_of, triton_builds
 from servers.upload import upload_tree_s3
 

@@ -27,7 +27,7 @@ import pytest
 
 pytestmark = [pytest.mark.triton, pytest.mark.servers, pytest.mark.slow]
 
-models = pytest.importorskip("servers.models")
+from servers import models
 from servers.procs import REPO_ROOT
 from servers.triton import dfrepo_workers_of, triton_home
 from servers.upload import upload_tree_s3
