@@ -60,23 +60,21 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
 EPILOG = "exit codes:\n" + "\n".join(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES)
 
 
+#: The first matching class decides the exit code (subclasses before their bases).
+_EXIT_BY_ERROR: tuple[tuple[type[BaseException], int], ...] = (
+    (KeyboardInterrupt, EXIT_INTERRUPTED),
+    (ProxyUnavailableError, EXIT_PROXY),
+    (TransferError, EXIT_TRANSFER),
+    (CredentialsError, EXIT_CREDENTIALS),
+    (StoreError, EXIT_STORE),
+    (ConfigError, EXIT_USAGE),
+    (OSError, EXIT_DISK),
+)
+
+
 def exit_code_for(exc: BaseException) -> int:
     """The process exit code for an error (see :mod:`dfrepo.cli`)."""
-    if isinstance(exc, KeyboardInterrupt):
-        return EXIT_INTERRUPTED
-    if isinstance(exc, ProxyUnavailableError):
-        return EXIT_PROXY
-    if isinstance(exc, TransferError):
-        return EXIT_TRANSFER
-    if isinstance(exc, CredentialsError):
-        return EXIT_CREDENTIALS
-    if isinstance(exc, StoreError):
-        return EXIT_STORE
-    if isinstance(exc, ConfigError):
-        return EXIT_USAGE
-    if isinstance(exc, OSError):
-        return EXIT_DISK
-    return EXIT_OTHER
+    return next((code for cls, code in _EXIT_BY_ERROR if isinstance(exc, cls)), EXIT_OTHER)
 
 
 # --------------------------------------------------------------------------- secret hygiene
