@@ -141,13 +141,15 @@ def test_context_fields() -> None:
 
 def test_resolve_agent_class(agents_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(agents_dir))
-    assert resolve_agent_class({}) is DragonflyAgent
-    assert resolve_agent_class({AGENT_PARAMETER: "dragonfly"}) is DragonflyAgent
-    assert resolve_agent_class({AGENT_PARAMETER: "dfrepo_test_agents:CopyAgent"}).name == "copy"
+    operator = {"DFREPO_AGENT_PATHS": str(agents_dir)}  # what the worker's bootstrap sets
+    assert resolve_agent_class({}, env=operator) is DragonflyAgent
+    assert resolve_agent_class({AGENT_PARAMETER: "dragonfly"}, env=operator) is DragonflyAgent
+    assert resolve_agent_class({AGENT_PARAMETER: "dfrepo_test_agents:CopyAgent"}, env=operator).name == "copy"
+    allow_any = {"DFREPO_MODEL_PARAMETERS": "dfrepo.agent"}
     for bad, match in [("nocolon", "must look like"), ("no_such_mod_xyz:A", "cannot import"),
                        ("dfrepo_test_agents:Missing", "has no"), ("os:path", "not a dfrepo")]:
         with pytest.raises(ConfigError, match=match):
-            resolve_agent_class({AGENT_PARAMETER: bad})
+            resolve_agent_class({AGENT_PARAMETER: bad}, env={**operator, **allow_any})
 
 
 def test_one_line_redacts_and_flattens() -> None:
@@ -243,7 +245,10 @@ class WorkerHarness:
 
     def __init__(self, agents_dir: Path, acquire_root: Path) -> None:
         self.ctl, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(agents_dir)]))
+        # What the shim's bootstrap does from the install record: the path, and the
+        # operator's agent directory (where dfrepo.agent classes may come from).
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(agents_dir)]),
+                   DFREPO_AGENT_PATHS=str(agents_dir))
         self.proc = subprocess.Popen([sys.executable, "-m", "dfrepo.triton.worker", str(theirs.fileno())],
                                      pass_fds=[theirs.fileno()], env=env)
         theirs.close()

@@ -448,7 +448,10 @@ def test_bootstrap_closes_inherited_descriptors_without_closefrom(deadline_agent
     marker = tmp_path / "marker"
     fd = _marker_fd(marker)
     ctl, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(deadline_agents)]))
+    # No install record here (""): the agent directory the record would name is given as the
+    # bootstrap would export it.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(deadline_agents)]),
+               DFREPO_AGENT_PATHS=str(deadline_agents))
     proc = subprocess.Popen([sys.executable, "-c", _bootstrap_source(), "", str(theirs.fileno()), "close-fds"],
                             pass_fds=[theirs.fileno(), fd], env=env)
     os.close(fd)

@@ -18,6 +18,7 @@ __all__ = [
     "ALLOW_DIRECT_ENV",
     "DIRECT_PROXY_ENV",
     "MODEL_PARAMETERS_ENV",
+    "AGENT_PATHS_ENV",
     "NO_PROXY_ENV",
     "PROXY_ENV_VARS",
 ]
@@ -38,6 +39,9 @@ ALLOW_DIRECT_ENV = "DFREPO_ALLOW_DIRECT"
 #: The Triton agent: which ``config.pbtxt`` agent parameters a model may set (comma list,
 #: ``header.*`` patterns, ``*`` = all, ``none``). Default: :data:`dfrepo.triton.parameters.DEFAULT_MODEL_PARAMETERS`.
 MODEL_PARAMETERS_ENV = "DFREPO_MODEL_PARAMETERS"
+#: Set by the agent's worker bootstrap: the operator's extra ``sys_path`` entries
+#: (``install_agent(sys_path=...)``), where Python agent classes may come from.
+AGENT_PATHS_ENV = "DFREPO_AGENT_PATHS"
 #: Proxies for *direct* downloads (no Dragonfly ``proxy``), read as curl (the C++ agent)
 #: reads them: per URL scheme, lowercase first; ``http`` reads only ``http_proxy`` (curl
 #: ignores ``HTTP_PROXY``, the "httpoxy" rule); then ``all_proxy``/``ALL_PROXY``.

@@ -15,11 +15,14 @@ and LOADs of different models, which may run concurrently, never share it.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import ConfigError, RepoAgentError
+from ..environment import AGENT_PATHS_ENV, MODEL_PARAMETERS_ENV
+from ..errors import ConfigError, ParameterNotAllowedError, RepoAgentError
 
 __all__ = [
     "AGENT_PARAMETER",
@@ -152,10 +155,39 @@ _BUILTIN = {
 }
 
 
-def resolve_agent_class(parameters: Mapping[str, str]) -> type[RepoAgent]:
+def _check_operator_provided(spec: str, module_name: str, env: Mapping[str, str]) -> None:
+    from .parameters import operator_allows
+
+    if operator_allows(AGENT_PARAMETER, env):
+        return
+    try:
+        found = importlib.util.find_spec(module_name.split(".", 1)[0])  # locates, runs nothing
+    except (ImportError, ValueError):
+        found = None
+    if found is None:
+        return  # the import names what is missing
+    roots = [Path(p).resolve() for p in env.get(AGENT_PATHS_ENV, "").split(os.pathsep) if p]
+    places = [found.origin, *(found.submodule_search_locations or ())]
+    if any(p and any(Path(p).resolve().is_relative_to(r) for r in roots) for p in places):
+        return
+    raise ParameterNotAllowedError(
+        f"agent parameter {AGENT_PARAMETER}={spec!r}: {module_name!r} is not in a directory the operator "
+        f"gave the agent (install_agent(sys_path=...)); allow any installed module with "
+        f"{MODEL_PARAMETERS_ENV}=...,{AGENT_PARAMETER}", source="config.pbtxt", key=AGENT_PARAMETER)
+
+
+def resolve_agent_class(parameters: Mapping[str, str],
+                        env: Mapping[str, str] | None = None) -> type[RepoAgent]:
     """Return the agent class named by ``parameters["dfrepo.agent"]`` (default: Dragonfly).
 
-    The value is ``"package.module:ClassName"`` or a built-in name (``"dragonfly"``).
+    The value is ``"package.module:ClassName"`` or a built-in name (``"dragonfly"``,
+    ``"python"``). ``config.pbtxt`` lives in the bucket, so a model may only name a class
+    the operator provided: one in a directory given to ``install_agent(sys_path=...)``
+    (``$DFREPO_AGENT_PATHS`` in the worker), or anything when the operator allows the
+    ``dfrepo.agent`` parameter (``$DFREPO_MODEL_PARAMETERS``). The check runs before the
+    module is imported, so a refused module never executes.
+
+    :raises ParameterNotAllowedError: a module outside the operator's directories.
     :raises ConfigError: the value is malformed, the module or class cannot be found,
         or the class is not a :class:`RepoAgent`.
     """
@@ -167,6 +199,8 @@ def resolve_agent_class(parameters: Mapping[str, str]) -> type[RepoAgent]:
             f"agent parameter {AGENT_PARAMETER}={spec!r} must look like 'package.module:Class'",
             source="config.pbtxt", key=AGENT_PARAMETER,
         )
+    if spec not in _BUILTIN:
+        _check_operator_provided(spec, module_name, os.environ if env is None else env)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -40,6 +40,7 @@ __all__ = [
     "Parameters",
     "allowed_model_parameters",
     "model_overrides",
+    "operator_allows",
     "route_parameters",
     "settings_for_model",
     "split_overrides",
@@ -115,6 +116,11 @@ def allowed_model_parameters(env: Mapping[str, str]) -> tuple[str, ...]:
     if raw.strip().lower() in _NONE:
         return ()
     return tuple(e.strip() for e in raw.split(",") if e.strip())
+
+
+def operator_allows(key: str, env: Mapping[str, str]) -> bool:
+    """True when the operator lets a model set *key* (:func:`allowed_model_parameters`)."""
+    return _allowed(key, allowed_model_parameters(env))
 
 
 def _allowed(key: str, allow: tuple[str, ...]) -> bool:
