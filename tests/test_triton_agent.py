@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +9,7 @@ import pytest
 
 from dfrepo.triton import install_agent
 from servers.models import make_toy_model
+from servers.procs import wait_until
 from servers.triton import dfrepo_workers_of
 from test_triton_bridge import AGENTS_SOURCE, build_shim
 
@@ -29,13 +29,6 @@ def repoagents(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 
-def _wait(predicate: Any, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return bool(predicate())
 
 
 def test_python_agent_redirects_local_model(triton_server: Any, repoagents: Path, tmp_path: Path) -> None:
@@ -77,9 +70,9 @@ def test_unload_reload_does_not_leak_workers(triton_server: Any, repoagents: Pat
         assert server.is_ready("toy")
         assert len(dfrepo_workers_of(tpid)) == 1
         server.unload("toy")
-        assert _wait(lambda: not server.is_ready("toy"))
+        assert wait_until(lambda: not server.is_ready("toy"))
         # last model gone -> agent Finalize -> the worker is stopped and reaped
-        assert _wait(lambda: dfrepo_workers_of(tpid) == []), dfrepo_workers_of(tpid)
+        assert wait_until(lambda: dfrepo_workers_of(tpid) == []), dfrepo_workers_of(tpid)
     actions = [line.split()[0] for line in pidfile.read_text().splitlines()]
     assert actions == ["LOAD", "LOAD_COMPLETE", "UNLOAD", "UNLOAD_COMPLETE"] * 2
     assert server.is_live()

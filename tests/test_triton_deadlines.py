@@ -40,6 +40,7 @@ from dfrepo.triton import install_agent
 from dfrepo.triton._protocol import HELLO, read_frame, write_frame
 from faultservers import FaultProxy, Knobs, RangeServer
 from faultservers.fault_proxy import close_pair
+from servers.procs import wait_until
 from servers.triton import dfrepo_workers_of
 from test_triton_bridge import FAKE_TRITON_C, ROOT, SHIM_SOURCE, build_shim
 
@@ -127,13 +128,6 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def _wait(predicate: Callable[[], bool], timeout: float = 20.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
 
 
 @pytest.fixture
@@ -383,7 +377,7 @@ def test_new_worker_removes_stages_of_killed_pulls(ft: Callable[..., FakeTriton]
         f = ft()
         f.model(0, "/models/m")
         assert f.cmd("action 0 LOAD") == "result 0 ok 0 /models/m"
-        assert _wait(lambda: not dead.exists(), 10)
+        assert wait_until(lambda: not dead.exists(), 10)
         assert live.exists()
     finally:
         for d in (dead, live):
@@ -539,7 +533,7 @@ def _stop_cleanly(server: Any, pids: list[int]) -> float:
     code = server.stop()
     dt = time.monotonic() - t0
     assert code == 0 and dt < 15, (code, dt, server.log()[-3000:])
-    assert _wait(lambda: not any(_alive(p) for p in pids), 10), [p for p in pids if _alive(p)]
+    assert wait_until(lambda: not any(_alive(p) for p in pids), 10), [p for p in pids if _alive(p)]
     return dt
 
 
@@ -563,8 +557,8 @@ def test_trickling_load_fails_at_its_deadline_and_triton_stays_responsive(
 
         load = _Timed(lambda: server.load("stuck", timeout=deadline + 60))
         load.start()
-        assert _wait(lambda: bool(_pids(pidfile)), 15), server.log()[-3000:]
-        assert _wait(lambda: origin.gets >= 1, 10)  # the trickle has begun
+        assert wait_until(lambda: bool(_pids(pidfile)), 15), server.log()[-3000:]
+        assert wait_until(lambda: origin.gets >= 1, 10)  # the trickle has begun
         stuck_pid = _pids(pidfile)[0][1]
         assert server.is_live()
         index = _Timed(server.repository_index)
@@ -583,7 +577,7 @@ def test_trickling_load_fails_at_its_deadline_and_triton_stays_responsive(
                 "(set by DFREPO_AGENT_LOAD_TIMEOUT)") in lines[-1]
         assert url.split("?")[0] not in server.log() and "secretsig123" not in server.log()
         # the stuck worker is gone; Triton is fine
-        assert _wait(lambda: not _alive(stuck_pid), 10)
+        assert wait_until(lambda: not _alive(stuck_pid), 10)
         entries = index.outcome(30)
         assert index.finished is not None and index.finished < load.finished + 5
         print(f"[deadline] repository index asked during the stuck LOAD answered after "
@@ -733,7 +727,7 @@ def test_dragonfly_pull_through_a_trickling_peer_is_cut_at_its_deadline(
                 f"of {deadline:g} s (set by the agent parameter dfrepo.load_timeout)") in line, line
         assert "X-Amz-Signature" not in server.log()
         pid = int(re.search(r"Python worker \(pid (\d+)\)", line).group(1))  # type: ignore[union-attr]
-        assert _wait(lambda: not _alive(pid), 10)
+        assert wait_until(lambda: not _alive(pid), 10)
         # the abandoned pull's staging dir went with it
         assert glob.glob(f"/tmp/.folder*.dfrepo-stage-{pid}-*") == []
         # a real pull right after works (a fresh worker)

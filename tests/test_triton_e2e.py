@@ -42,6 +42,7 @@ pytestmark = [pytest.mark.triton, pytest.mark.servers]
 from dfpeer import PeerProcess, StandinPeer
 from dfrepo.triton.install import install_agent
 from servers.models import make_toy_model
+from servers.procs import wait_until
 from servers.require import missing
 from servers.triton import TritonHandle, start_triton, triton_home
 from servers.upload import upload_tree_azure, upload_tree_gcs, upload_tree_s3
@@ -56,13 +57,6 @@ X = [1.0, 2.0, 3.0, 4.0]
 # ------------------------------------------------------------------------------------------
 # helpers
 # ------------------------------------------------------------------------------------------
-def _wait(predicate: Callable[[], bool], timeout: float = 20.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
 
 
 def _removed(path: str) -> Callable[[], bool]:
@@ -250,7 +244,7 @@ class Node:
     def unload(self, name: str) -> None:
         status, body = self.triton.unload(name)
         assert status == 200, body
-        assert _wait(lambda: not self.triton.is_ready(name)), f"{name} still ready"
+        assert wait_until(lambda: not self.triton.is_ready(name)), f"{name} still ready"
         self.loaded.discard(name)
 
 
@@ -474,7 +468,7 @@ def test_reload_served_by_cache_or_peer(node_a: Node, s3: Any, work: Path) -> No
         first_dir = _acquired_dir(node_a.triton, name)
         node_a.unload(name)
         # Triton removes the acquired dir after UNLOAD_COMPLETE.
-        assert _wait(_removed(first_dir)), first_dir
+        assert wait_until(_removed(first_dir)), first_dir
         peer.reset_stats()
         s3.clear_log()
         node_a.load_ok(name)
@@ -586,7 +580,7 @@ def _load_fails(node: Node, name: str, *, expect: tuple[str, ...], absent: tuple
     def left_behind() -> list[str]:
         return sorted(p for p in watch.seen if os.path.exists(p) and not _foreign_folder(p, name))
 
-    assert _wait(lambda: not left_behind(), 10), f"acquired dirs left behind: {left_behind()}"
+    assert wait_until(lambda: not left_behind(), 10), f"acquired dirs left behind: {left_behind()}"
     ours = [p for p in watch.seen if not _foreign_folder(p, name)]
     assert _stage_dirs_of(ours) - stages_before == set()
     print(f"[e2e] {name}: acquired {sorted(watch.seen)}, removed")
@@ -677,14 +671,14 @@ def test_load_unload_cycles_do_not_leak(node_a: Node, s3: Any, work: Path) -> No
         assert node_a.triton.infer_fp32(name, "INPUT0", X, "OUTPUT0") == [v + 2.0 for v in X]
         acquired = _acquired_dir(node_a.triton, name)
         node_a.unload(name)
-        assert _wait(_removed(acquired), 10), acquired
+        assert wait_until(_removed(acquired), 10), acquired
         return acquired
 
     warm = cycle()  # warm-up: Triton's lazily created pools, the worker, the cache entry
-    assert _wait(lambda: len(_children(pid)) <= stable_children, 15)
+    assert wait_until(lambda: len(_children(pid)) <= stable_children, 15)
     before, folders_before = _counts(pid), _tmp_folders()
     dirs = [cycle() for _ in range(cycles)]
-    assert _wait(lambda: len(_children(pid)) <= before["children"], 15)
+    assert wait_until(lambda: len(_children(pid)) <= before["children"], 15)
     time.sleep(0.5)
     after = _counts(pid)
     print(f"\n[e2e] leak check, {cycles} load/unload cycles of {name}: before={before} after={after}")
@@ -696,5 +690,5 @@ def test_load_unload_cycles_do_not_leak(node_a: Node, s3: Any, work: Path) -> No
     def new_folders() -> set[str]:  # other Tritons on the machine may add theirs meanwhile
         return {p for p in _tmp_folders() - folders_before if not _foreign_folder(p, name)}
 
-    assert _wait(lambda: not new_folders(), 10), (before, after, new_folders())
+    assert wait_until(lambda: not new_folders(), 10), (before, after, new_folders())
     assert _stage_dirs_of([warm, *dirs]) == set()

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ pytestmark = [pytest.mark.triton, pytest.mark.servers]
 
 from dfrepo.triton.install import install_agent
 from servers import models
+from servers.procs import wait_until
 from servers.triton import triton_home
 from servers.upload import upload_tree_s3
 
@@ -31,13 +30,6 @@ BUCKET = "operator-models"
 X = [1.0, 2.0, 3.0, 4.0]
 
 
-def _wait(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return predicate()
 
 
 def _versioned_model(root: Path, name: str, adds: dict[int, float], params: dict[str, str]) -> Path:
@@ -93,7 +85,7 @@ def test_poll_mode_versions_parameters_and_env_proxy(triton_server: Any, seaweed
         server = triton_server(seaweedfs.s3_url(BUCKET, "poll"), repoagent_dir=str(agents), env=env,
                                explicit=False, extra_args=["--model-control-mode=poll",
                                                            "--repository-poll-secs=1"])
-        assert _wait(lambda: server.is_ready("op_versions") and server.is_ready("op_static")), server.log()[-4000:]
+        assert wait_until(lambda: server.is_ready("op_versions") and server.is_ready("op_static"), 30.0), server.log()[-4000:]
         assert server.infer_fp32("op_versions", "INPUT0", X, "OUTPUT0") == [4.0, 5.0, 6.0, 7.0]  # version 3
 
         def presigned(model: str) -> list[str]:
@@ -115,7 +107,7 @@ def test_poll_mode_versions_parameters_and_env_proxy(triton_server: Any, seaweed
         _versioned_model(changed, "op_versions", {3: 30.0}, {"tag": "team-a", "checksum.MD5": "from-another-agent"})
         seaweedfs.client().upload_file(str(changed / "op_versions" / "3" / "model.py"), BUCKET,
                                        "poll/op_versions/3/model.py")
-        assert _wait(lambda: server.infer_fp32("op_versions", "INPUT0", X, "OUTPUT0") == [31.0, 32.0, 33.0, 34.0],
+        assert wait_until(lambda: server.infer_fp32("op_versions", "INPUT0", X, "OUTPUT0") == [31.0, 32.0, 33.0, 34.0],
                      60), server.log()[-4000:]
         after = proxy.requests[before:]
         fetched = [p.split("/op_versions/", 1)[1].split("?")[0] for m, p in after

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ pytestmark = [pytest.mark.triton, pytest.mark.servers]
 from dfpeer import PeerProcess
 from dfrepo.triton.install import install_agent
 from servers import models
+from servers.procs import wait_until
 from servers.triton import dfrepo_workers_of, triton_builds
 from servers.upload import upload_tree_s3
 
@@ -36,13 +37,6 @@ X = [1.0, 2.0, 3.0, 4.0]
 MiB = 1 << 20
 
 
-def _wait(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return bool(predicate())
 
 
 
@@ -101,10 +95,10 @@ def test_agent_loads_s3_model_on_triton_version(
 
     status, body = server.unload(name)
     assert status == 200, body
-    assert _wait(lambda: not server.is_ready(name))
+    assert wait_until(lambda: not server.is_ready(name))
     # UNLOAD_COMPLETE: Triton deletes the dir it gave the agent; the last model gone, the
     # worker stops.
-    assert _wait(lambda: not os.path.exists(acquired)), f"{acquired} left behind"
-    assert _wait(lambda: not dfrepo_workers_of(pid)), "dfrepo worker still running after the last unload"
+    assert wait_until(lambda: not os.path.exists(acquired)), f"{acquired} left behind"
+    assert wait_until(lambda: not dfrepo_workers_of(pid)), "dfrepo worker still running after the last unload"
     assert server.is_live()
     print(f"\n[versions] Triton {version}: start+load+infer+unload {time.monotonic() - t0:.1f}s")

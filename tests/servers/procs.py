@@ -265,3 +265,13 @@ def clean_env(extra: Mapping[str, str] | None = None, *, drop_prefixes: Iterable
 
 
 __all__ += ["clean_env"]
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 20.0, interval: float = 0.05) -> bool:
+    """Poll *predicate* until it is true or *timeout* seconds passed; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
