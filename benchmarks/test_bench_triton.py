@@ -24,7 +24,6 @@ import shutil
 import statistics
 import time
 import uuid
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -119,84 +118,83 @@ def test_triton_load(seaweedfs, triton_server, real_cluster, bench_scale, tmpfs_
     times: dict[str, dict[str, list[float]]] = {n: {c: [] for c in CASES} for n in models}
     evidence: dict[str, dict[str, list[Any]]] = {n: {c: [] for c in CASES} for n in models}
 
-    with ExitStack():
-        env = dict(seaweedfs.triton_env(), DFREPO_CACHE_DIR=str(cache_cold),
-                   TRITON_DRAGONFLY_CONFIG_PATH=str(dragonfly_json))
-        t1 = triton_server(repo_url, repoagent_dir=str(repoagents), env=env)
-        node_a, node_b = real_cluster.peers[0], real_cluster.peers[1]
-        daemons = {"seed": real_cluster.seed, "a": node_a, "b": node_b}
-        t2 = triton_server(repo_url, repoagent_dir=str(repoagents),
-                           env=dict(seaweedfs.triton_env(), DFREPO_CACHE_DIR=str(cache_warm),
-                                    TRITON_DRAGONFLY_CONFIG_PATH=str(dragonfly_json)))
-        tags: dict[str, str] = {}
+    env = dict(seaweedfs.triton_env(), DFREPO_CACHE_DIR=str(cache_cold),
+               TRITON_DRAGONFLY_CONFIG_PATH=str(dragonfly_json))
+    t1 = triton_server(repo_url, repoagent_dir=str(repoagents), env=env)
+    node_a, node_b = real_cluster.peers[0], real_cluster.peers[1]
+    daemons = {"seed": real_cluster.seed, "a": node_a, "b": node_b}
+    t2 = triton_server(repo_url, repoagent_dir=str(repoagents),
+                       env=dict(seaweedfs.triton_env(), DFREPO_CACHE_DIR=str(cache_warm),
+                                TRITON_DRAGONFLY_CONFIG_PATH=str(dragonfly_json)))
+    tags: dict[str, str] = {}
 
-        def load(handle, name: str, config: dict | None) -> float:
-            t0 = time.perf_counter()
-            status, body = handle.load(name, config, timeout=sc["timeout"])
-            dt = time.perf_counter() - t0
-            if status != 200:
-                lines = [ln for ln in handle.log().splitlines()[-40:] if ln.startswith("E") or "rror" in ln]
-                raise RuntimeError(f"load {name} -> {status}: {body[:300]} | log: {' / '.join(lines[-3:])[:600]}")
-            assert handle.infer_fp32(name, "INPUT0", [1, 2, 3, 4], "OUTPUT0") == [2, 3, 4, 5]
-            _unload(handle, name)
-            return dt
+    def load(handle, name: str, config: dict | None) -> float:
+        t0 = time.perf_counter()
+        status, body = handle.load(name, config, timeout=sc["timeout"])
+        dt = time.perf_counter() - t0
+        if status != 200:
+            lines = [ln for ln in handle.log().splitlines()[-40:] if ln.startswith("E") or "rror" in ln]
+            raise RuntimeError(f"load {name} -> {status}: {body[:300]} | log: {' / '.join(lines[-3:])[:600]}")
+        assert handle.infer_fp32(name, "INPUT0", [1, 2, 3, 4], "OUTPUT0") == [2, 3, 4, 5]
+        _unload(handle, name)
+        return dt
 
-        def case(c: str, name: str, measured: bool) -> None:
-            seaweedfs.clear_log()
-            if c == "b":
-                tags[name] = f"bench-{uuid.uuid4().hex[:12]}"  # a new task on every daemon
-            tag = tags.get(name, "unused")
-            if c in "bcdf":
-                H.clear_outputs([cache_cold])
-            before = {k: d.traffic() for k, d in daemons.items()}
-            if c == "a":
-                dt = load(t1, name, None)
-            elif c in "bd":
-                dt = load(t1, name, _model_config(name, node_a.proxy, dragonfly_json, tag))
-            elif c == "c":
-                dt = load(t1, name, _model_config(name, node_b.proxy, dragonfly_json, tag))
-            elif c == "f":
-                dt = load(t1, name, _model_config(name, node_a.proxy, dragonfly_json, tag, str(node_a.socket_path)))
-            else:
-                # A fresh tag: a hit must come from the cache, not from any daemon.
-                dt = load(t2, name, _model_config(name, node_a.proxy, dragonfly_json, f"e-{uuid.uuid4().hex}"))
-            after = {k: d.traffic() for k, d in daemons.items()}
-            gets = _weight_gets(seaweedfs, name)
-            size = models[name]
-            ev = {"origin_weight_gets": gets,
-                  **{f"{k}_{kind.lower()}": _delta(after[k], before[k], kind) for k in daemons
-                     for kind in ("BACK_TO_SOURCE", "REMOTE_PEER", "LOCAL_PEER")}}
-            moved = sum(_delta(after[k], before[k], kind) for k in daemons
-                        for kind in ("BACK_TO_SOURCE", "REMOTE_PEER", "LOCAL_PEER"))
-            claims = {
-                "a": gets >= 1,
-                "b": ev["seed_back_to_source"] + ev["a_back_to_source"] >= size,
-                "c": ev["b_remote_peer"] >= size and gets == 0,
-                "d": ev["a_local_peer"] >= size and gets == 0,
-                "e": moved == 0 and gets == 0,
-                # The daemon links its content file into the stage: nothing from the origin
-                # or another peer (it may count the hit as LOCAL_PEER traffic).
-                "f": gets == 0 and sum(ev[f"{k}_back_to_source"] + ev[f"{k}_remote_peer"] for k in daemons) == 0,
-            }
-            if not measured:
-                return  # the warm-up fills caches ((e) is a miss the first time by design)
-            assert claims[c], f"({c}) {CASES[c]} on {name}: claim not met, evidence {json.dumps(ev)}"
-            times[name][c].append(dt)
-            evidence[name][c].append(ev)
+    def case(c: str, name: str, measured: bool) -> None:
+        seaweedfs.clear_log()
+        if c == "b":
+            tags[name] = f"bench-{uuid.uuid4().hex[:12]}"  # a new task on every daemon
+        tag = tags.get(name, "unused")
+        if c in "bcdf":
+            H.clear_outputs([cache_cold])
+        before = {k: d.traffic() for k, d in daemons.items()}
+        if c == "a":
+            dt = load(t1, name, None)
+        elif c in "bd":
+            dt = load(t1, name, _model_config(name, node_a.proxy, dragonfly_json, tag))
+        elif c == "c":
+            dt = load(t1, name, _model_config(name, node_b.proxy, dragonfly_json, tag))
+        elif c == "f":
+            dt = load(t1, name, _model_config(name, node_a.proxy, dragonfly_json, tag, str(node_a.socket_path)))
+        else:
+            # A fresh tag: a hit must come from the cache, not from any daemon.
+            dt = load(t2, name, _model_config(name, node_a.proxy, dragonfly_json, f"e-{uuid.uuid4().hex}"))
+        after = {k: d.traffic() for k, d in daemons.items()}
+        gets = _weight_gets(seaweedfs, name)
+        size = models[name]
+        ev = {"origin_weight_gets": gets,
+              **{f"{k}_{kind.lower()}": _delta(after[k], before[k], kind) for k in daemons
+                 for kind in ("BACK_TO_SOURCE", "REMOTE_PEER", "LOCAL_PEER")}}
+        moved = sum(_delta(after[k], before[k], kind) for k in daemons
+                    for kind in ("BACK_TO_SOURCE", "REMOTE_PEER", "LOCAL_PEER"))
+        claims = {
+            "a": gets >= 1,
+            "b": ev["seed_back_to_source"] + ev["a_back_to_source"] >= size,
+            "c": ev["b_remote_peer"] >= size and gets == 0,
+            "d": ev["a_local_peer"] >= size and gets == 0,
+            "e": moved == 0 and gets == 0,
+            # The daemon links its content file into the stage: nothing from the origin
+            # or another peer (it may count the hit as LOCAL_PEER traffic).
+            "f": gets == 0 and sum(ev[f"{k}_back_to_source"] + ev[f"{k}_remote_peer"] for k in daemons) == 0,
+        }
+        if not measured:
+            return  # the warm-up fills caches ((e) is a miss the first time by design)
+        assert claims[c], f"({c}) {CASES[c]} on {name}: claim not met, evidence {json.dumps(ev)}"
+        times[name][c].append(dt)
+        evidence[name][c].append(ev)
 
-        def one(label: str, measured: bool) -> H.Run:
-            name = label
-            real_cluster.forget_all()  # the last round's tasks: bounded disk on every daemon
-            for c in CASES:
-                idle = H.idle_fraction(0.3)
-                case(c, name, measured)
-                if measured and times[name][c]:
-                    evidence[name][c][-1]["idle_before"] = idle
-            return H.Run(label, 0.0, 0.0, 0.0, 0.0, 0, 0)
+    def one(label: str, measured: bool) -> H.Run:
+        name = label
+        real_cluster.forget_all()  # the last round's tasks: bounded disk on every daemon
+        for c in CASES:
+            idle = H.idle_fraction(0.3)
+            case(c, name, measured)
+            if measured and times[name][c]:
+                evidence[name][c][-1]["idle_before"] = idle
+        return H.Run(label, 0.0, 0.0, 0.0, 0.0, 0, 0)
 
-        H.run_rounds(list(models), one, sc, label="triton")
-        t2.stop()
-        t1.stop()
+    H.run_rounds(list(models), one, sc, label="triton")
+    t2.stop()
+    t1.stop()
     H.clear_outputs([cache_cold, cache_warm])
 
     rows = []

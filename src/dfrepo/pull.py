@@ -222,12 +222,13 @@ def pull_with(
             if cache is not None:
                 for obj, req in to_fetch:
                     cache.store(obj, req.dest)
+        fs = FileSystem()
         if cfg.fsync:
-            _sync_tree(stage)
+            _sync_tree(stage, fs)
         _publish(stage, dest)
-        if cfg.fsync:
-            FileSystem().fsync_dir(dest.parent)
-            FileSystem().fsync_dir(dest)
+        if cfg.fsync:  # the new name in the parent; dest itself when entries were moved into it
+            fs.fsync_dir(dest.parent)
+            fs.fsync_dir(dest)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
@@ -282,9 +283,8 @@ def _publish(stage: Path, dest: Path) -> None:
     stage.rmdir()
 
 
-def _sync_tree(root: Path) -> None:
+def _sync_tree(root: Path, fs: FileSystem) -> None:
     """fsync every directory of the staged tree (its entries: files, sub-directories)."""
-    fs = FileSystem()
     for here, _dirs, _files in os.walk(root):
         fs.fsync_dir(Path(here))
 

@@ -29,11 +29,15 @@ def check_free_space(fs: FileSystem, requests: Iterable[DownloadRequest]) -> Non
         the write itself: ENOSPC).
     """
     need: dict[int, tuple[Path, int]] = {}
+    devices: dict[Path, int] = {}  # a model's files share few directories: stat each once
     for req in requests:
         if not req.size:
             continue
-        dev = fs.device_of(req.dest.parent)
-        where, total = need.get(dev, (req.dest.parent, 0))
+        parent = req.dest.parent
+        dev = devices.get(parent)
+        if dev is None:
+            dev = devices[parent] = fs.device_of(parent)
+        where, total = need.get(dev, (parent, 0))
         need[dev] = (where, total + req.size)
     for where, total in need.values():
         wanted = total + SPACE_RESERVE + int(total * SPACE_MARGIN)

@@ -105,11 +105,6 @@ class Downloader:
         self._local = threading.local()
 
     @property
-    def daemon_reason(self) -> str | None:
-        """Why dfdaemon's gRPC socket is not (or no longer) used, if it was asked for."""
-        return self.route.reason if self.route is not None else None
-
-    @property
     def via(self) -> str:
         """``grpc`` (dfdaemon's socket), ``proxy`` or ``direct`` — what serves requests now."""
         return "grpc" if self.route is not None and self.route.active else self.transport.via

@@ -103,10 +103,6 @@ class Dispatcher:
             entry = self._models.get(key)
         return entry.agent_name if entry is not None else str(parameters.get("dfrepo.agent") or "dragonfly")
 
-    def active_models(self) -> int:
-        with self._lock:
-            return len(self._models)
-
     def _entry(self, key: str, action: str, parameters: dict[str, str]) -> _ModelEntry:
         with self._lock:
             entry = self._models.get(key)
