@@ -15,10 +15,13 @@ from dfrepo.engine.concurrency import (
     DROP,
     REPROBE_SECONDS,
     SETTLE_SECONDS,
+    SHRINK_BACKOFF,
     THROTTLE_COOLDOWN,
+    WINDOW_BYTES,
     WINDOW_SECONDS,
     AdaptiveLimit,
 )
+from dfrepo.engine.scheduler import Scheduler
 from dfrepo.engine.settings import TransferConfig
 
 TICK = 0.05
@@ -59,29 +62,95 @@ def test_grows_to_the_ceiling_while_every_connection_adds_throughput() -> None:
 
 
 def test_ramp_takes_a_window_and_a_settling_pause_per_doubling() -> None:
-    """One window to measure, plus a pause (not measured) while new connections ramp up."""
+    """One window to measure, plus a pause (not measured) while new connections ramp up —
+    at the start too: the first window opens SETTLE_SECONDS after the first bytes."""
     limit, clock = make()
     drive(limit, clock, per_connection(20e6), 4 * (WINDOW_SECONDS + SETTLE_SECONDS))
     assert limit.limit == 32
-    assert limit.decisions[-1].at <= 3 * WINDOW_SECONDS + 2 * SETTLE_SECONDS + 3 * TICK
+    assert limit.decisions[0].at >= WINDOW_SECONDS + SETTLE_SECONDS
+    assert limit.decisions[-1].at <= 3 * (WINDOW_SECONDS + SETTLE_SECONDS) + 4 * TICK
 
 
 def test_stops_where_the_link_is_full() -> None:
     """50 MB/s per connection behind a 500 MB/s link: 4 -> 8 -> 16 (8 gave 400, 16 gives
-    500: +25 % is a gain) -> 32 gives nothing: back to 16 and hold."""
+    500: +25 % is a gain) -> 32 gives nothing. The shrink probe tries 8 (400 MB/s, under 90 %
+    of 500): back to 16 and hold."""
     limit, clock = make()
     drive(limit, clock, per_connection(50e6, cap=500e6), 2.5)
     assert limit.limit == 16
-    assert limit.decisions[-1].why == "no gain" and limit.decisions[-1].old == 32
+    assert [(d.new, d.why) for d in limit.decisions] == [
+        (8, "throughput rose"), (16, "throughput rose"), (32, "throughput rose"),
+        (8, "shrink"), (16, "shrink lost throughput")]
 
 
-def test_a_saturated_link_at_the_start_stays_small() -> None:
-    """Loopback with CPU as the bottleneck: 4 connections already fill it; 8 bring < 10 %."""
+def test_shrinks_to_one_connection_when_one_fills_the_link() -> None:
+    """Loopback with the CPU as the bottleneck: one connection already fills it, so 8 -> 16
+    gains nothing and the limit halves down to 1, every step keeping the throughput."""
+    limit, clock = make(initial=8)
+    drive(limit, clock, per_connection(1.2e9, cap=1.1e9), 2.0)
+    assert limit.limit == 1
+    assert [(d.new, d.why) for d in limit.decisions] == [
+        (16, "throughput rose"), (4, "shrink"), (2, "shrink"), (1, "shrink")]
+
+
+def test_shrink_stops_at_the_fewest_connections_that_keep_the_throughput() -> None:
+    """300 MB/s per connection behind 1.1 GB/s: 4 still fill it, 2 do not."""
+    limit, clock = make(initial=8)
+    drive(limit, clock, per_connection(300e6, cap=1.1e9), 2.0)
+    assert limit.limit == 4
+    assert limit.decisions[-1].why == "shrink lost throughput" and limit.decisions[-1].old == 2
+
+
+def test_small_losses_do_not_add_up_over_several_halvings() -> None:
+    """Each halving loses 8 % (under the 10 % tolerance on its own): a level is compared
+    with the best of the higher levels, so the second halving (-15 %) is refused."""
+    limit, clock = make(initial=8)
+    link = {16: 1.0e9, 8: 0.92e9, 4: 0.92 * 0.92e9, 2: 0.8e9, 1: 0.7e9}
+    drive(limit, clock, lambda n: link[n], 2.0)
+    assert limit.limit == 8
+
+
+def test_a_failed_shrink_is_retried_after_a_growing_pause() -> None:
+    """On a link every connection adds to (up to 500 MB/s), each failed shrink probe costs
+    a window at a lower rate; the next waits SHRINK_BACKOFF, then twice that, ..."""
     limit, clock = make()
-    drive(limit, clock, per_connection(400e6, cap=1.1e9), 1.5)
-    assert limit.limit in (4, 8)
-    drive(limit, clock, per_connection(400e6, cap=1.1e9), 1.0)
-    assert limit.limit <= 8
+    drive(limit, clock, per_connection(50e6, cap=500e6), 30.0)
+    shrinks = [d.at for d in limit.decisions if d.why == "shrink"]
+    assert len(shrinks) >= 3
+    gaps = [b - a for a, b in zip(shrinks, shrinks[1:])]
+    assert gaps[0] >= SHRINK_BACKOFF and gaps[1] >= 2 * SHRINK_BACKOFF
+    assert limit.limit == 16
+
+
+def test_a_fast_link_is_measured_in_shorter_windows() -> None:
+    """At 4 GB/s a window holds WINDOW_BYTES long before WINDOW_SECONDS."""
+    assert 4e9 * WINDOW_SECONDS > 2 * WINDOW_BYTES
+    limit, clock = make(initial=8)
+    drive(limit, clock, per_connection(1e9), 0.5)
+    assert limit.decisions and limit.decisions[0].at < SETTLE_SECONDS + WINDOW_SECONDS
+
+
+class _SeenLimit(AdaptiveLimit):
+    """Records what the scheduler reports instead of deciding."""
+
+    def record(self, nbytes: int, *, saturated: bool) -> None:
+        self.seen.append(saturated)
+
+
+def test_requests_above_a_shrunk_limit_are_not_measured() -> None:
+    """After a shrink the requests above the new limit finish their ranges first; windows
+    measured meanwhile would credit the lower level with the old level's throughput."""
+    limit = _SeenLimit(4, 32)
+    limit.seen = []
+    sched = Scheduler([], limit, lambda task: None)
+    sched._tasks.append(object())  # type: ignore[arg-type]  # more work queued
+    sched._active = 8  # still in flight from before the shrink
+    sched.record(1)
+    sched._active = 4
+    sched.record(1)
+    sched._tasks.clear()  # the tail of the batch
+    sched.record(1)
+    assert limit.seen == [False, True, False]
 
 
 def test_throttling_halves_and_blocks_growth_for_the_cooldown() -> None:

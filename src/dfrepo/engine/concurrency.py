@@ -7,8 +7,13 @@ batch's aggregate throughput — bytes of every file, not per file — and:
 
 * **starts** at :data:`~dfrepo.engine.settings.INITIAL_CONCURRENCY` requests;
 * **doubles** after every measured window in which throughput rose by at least
-  :data:`GAIN` over the level before (slow start); when a doubling gains less, it returns
-  to the level before and **holds** (connections that add nothing are not kept);
+  :data:`GAIN` over the level before (slow start); when a doubling gains less, the link is
+  full below it, so it **shrinks**: it halves the level before and keeps halving while the
+  throughput stays at :data:`KEEP` of the best seen at the higher levels — so a link that
+  one connection fills (loopback, a CPU-bound node, a local Dragonfly hit) is served by
+  one, not by 16 that cost CPU, memory and the origin's connection slots for nothing. The
+  first halving that loses more goes back to the last good level and **holds**; after such
+  a failed shrink the next one waits :data:`SHRINK_BACKOFF` seconds, doubling each time;
 * while holding, **probes** one step up (:data:`PROBE_STEP` of the level) every
   :data:`REPROBE_SECONDS`, kept only if it gains :data:`GAIN` again — so a link that frees
   up is found;
@@ -18,14 +23,20 @@ batch's aggregate throughput — bytes of every file, not per file — and:
 * never exceeds ``max_concurrency`` — with ``buffer_size`` that bounds memory
   independent of the object size.
 
-A window is :data:`WINDOW_SECONDS` long and only counts while the batch has more work
-queued than requests in flight (the tail of a batch says nothing about the link); the
-first :data:`SETTLE_SECONDS` after a change are not measured (new connections open and
-ramp up). The constants were chosen on this project's rate-limited-origin benchmark
-(``benchmarks/test_bench_link.py``, results in ``benchmarks/results``): from 8 requests a
-doubling every 0.3 s reaches 32 within a second — short against a multi-GB model, and
-still long enough that one window holds dozens of 1 MiB chunks — and a 10 % gain
-threshold ignores the few-percent noise of a 2-core loopback box.
+A window lasts :data:`WINDOW_SECONDS`, or ends early once it has seen
+:data:`WINDOW_BYTES` (a fast link is measured as precisely in less time). It only counts
+while the batch has more work queued than requests in flight and no more requests are in
+flight than the limit (the tail of a batch says nothing about the link, and after a shrink
+the requests above the new limit first finish their ranges); the first
+:data:`SETTLE_SECONDS` after the first bytes and after every change are not measured (new
+connections open and ramp up).
+The constants were chosen on this project's benchmarks (``benchmarks/test_bench_link.py``
+and ``test_bench_raw.py``, results in ``benchmarks/results``): from 8 requests a doubling
+every 0.3 s reaches 32 within a second — short against a multi-GB model, and still long
+enough that one window holds dozens of 1 MiB chunks; a 10 % gain threshold and a 90 % keep
+threshold ignore the few-percent noise of a 2-core loopback box, and keeping a level only
+against the best of the higher levels (not the last one) stops small losses from adding
+up over several halvings.
 """
 
 from __future__ import annotations
@@ -37,10 +48,19 @@ from dataclasses import dataclass, field
 
 #: Seconds per throughput measurement.
 WINDOW_SECONDS = 0.2
+#: A window ends early after this many bytes (but not before :data:`MIN_WINDOW_SECONDS`).
+WINDOW_BYTES = 128 * 1024 * 1024
+#: The shortest window.
+MIN_WINDOW_SECONDS = 0.05
 #: Seconds not measured after a change, while new connections open and ramp up.
 SETTLE_SECONDS = 0.1
 #: A higher level must raise throughput by this factor to be kept.
 GAIN = 1.10
+#: A lower level is kept while its throughput is at least this fraction of the best seen
+#: at the higher levels.
+KEEP = 0.90
+#: Seconds before shrinking again after a shrink lost throughput (doubles every time).
+SHRINK_BACKOFF = 4.0
 #: Throughput under this fraction of the level's best = congestion: back off.
 DROP = 0.60
 #: Seconds holding a level before probing one step higher.
@@ -81,15 +101,18 @@ class AdaptiveLimit:
     def __post_init__(self) -> None:
         self.limit = max(1, min(self.initial, self.maximum))
         self._lock = threading.Lock()
-        self._phase = "grow"  # grow (slow start) | probe (one step from hold) | hold
+        self._phase = "grow"  # grow (slow start) | probe (one step from hold) | shrink | hold
         self._prev_level = self.limit
         self._prev_rate = 0.0  # throughput measured at _prev_level
         self._best = 0.0  # best throughput at the current level
-        self._settle_until = 0.0  # no measurement before this (a change was just made)
+        self._settle_until: float | None = None  # no measurement before this (None: nothing arrived yet)
         self._window_start: float | None = None
         self._window_bytes = 0
         self._level_since = self.clock()
         self._no_growth_until = 0.0
+        self._ref_rate = 0.0  # while shrinking: the best throughput of the higher levels
+        self._no_shrink_until = 0.0
+        self._shrink_backoff = SHRINK_BACKOFF
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -99,6 +122,8 @@ class AdaptiveLimit:
             return
         with self._lock:
             now = self.clock()
+            if self._settle_until is None:  # the first bytes: the connections are still opening
+                self._settle_until = now + SETTLE_SECONDS
             if not saturated or now < self._settle_until:
                 self._window_start = None  # the tail of a batch, or connections ramping up
                 return
@@ -107,7 +132,7 @@ class AdaptiveLimit:
                 return
             self._window_bytes += nbytes
             elapsed = now - self._window_start
-            if elapsed < WINDOW_SECONDS:
+            if elapsed < WINDOW_SECONDS and (elapsed < MIN_WINDOW_SECONDS or self._window_bytes < WINDOW_BYTES):
                 return
             rate = self._window_bytes / elapsed
             self._window_start, self._window_bytes = now, 0
@@ -128,12 +153,13 @@ class AdaptiveLimit:
     # -- the rule -------------------------------------------------------------------------
 
     def _decide(self, now: float, rate: float) -> None:
+        if self._phase == "shrink":
+            self._judge_shrink(now, rate)
+            return
         if self._phase in ("grow", "probe"):
             if self._prev_rate and rate < self._prev_rate * GAIN:
-                # The extra requests did not pay for themselves: back to the level before.
-                self._phase = "hold"
-                self._set(now, self._prev_level, "no gain", rate)
-                self._best = self._prev_rate
+                # The extra requests did not pay for themselves: the link is full below them.
+                self._after_no_gain(now, rate)
                 return
             self._best = max(self._best, rate)
             step = self.limit if self._phase == "grow" else max(1, int(self.limit * PROBE_STEP))
@@ -155,6 +181,36 @@ class AdaptiveLimit:
             self._phase = "probe"
             self._prev_level, self._prev_rate = self.limit, rate
             self._set(now, min(self.maximum, self.limit + max(1, int(self.limit * PROBE_STEP))), "probe", rate)
+
+    def _after_no_gain(self, now: float, rate: float) -> None:
+        """A higher level gained less than :data:`GAIN`: shrink below the level before it
+        when allowed, else return to it and hold."""
+        level, ref = self._prev_level, max(self._prev_rate, rate)
+        if level > 1 and now >= self._no_shrink_until:
+            self._phase = "shrink"
+            self._ref_rate = ref
+            self._prev_level = level
+            self._set(now, level // 2, "shrink", rate)
+            return
+        self._phase = "hold"
+        self._set(now, level, "no gain", rate)
+        self._best = ref
+
+    def _judge_shrink(self, now: float, rate: float) -> None:
+        if rate >= self._ref_rate * KEEP:
+            self._shrink_backoff = SHRINK_BACKOFF  # fewer requests do the same work
+            if self.limit > 1:
+                self._prev_level = self.limit
+                self._set(now, self.limit // 2, "shrink", rate)
+                return
+            self._phase, self._best = "hold", rate
+            self._level_since = now
+            return
+        # Too few: back to the last level that kept the throughput, and hold.
+        self._no_shrink_until = now + self._shrink_backoff
+        self._shrink_backoff *= 2
+        self._phase, self._best = "hold", self._ref_rate
+        self._set(now, self._prev_level, "shrink lost throughput", rate)
 
     def _set(self, now: float, new: int, why: str, rate: float) -> None:
         if new != self.limit:

@@ -101,7 +101,9 @@ class Scheduler:
     def record(self, nbytes: int) -> None:
         """Bytes arrived: feed the adaptive limit and start threads if it grew."""
         before = self.limit.limit
-        self.limit.record(nbytes, saturated=bool(self._tasks))
+        # Measured only while work is queued and no more requests run than the limit
+        # allows: after a shrink, the requests above it first finish their ranges.
+        self.limit.record(nbytes, saturated=bool(self._tasks) and self._active <= before)
         if self.limit.limit != before:
             with self._cond:
                 self._spawn_locked()
