@@ -28,7 +28,7 @@ DFREPO_REQUIRE_EXTENSION=1 "$PY" -m pytest tests -q -p no:cacheprovider "$@"
 echo "== pure-Python twin =="
 # A file missing here (renamed?) is a pytest usage error: red, not silently dropped.
 DFREPO_NO_EXTENSIONS=1 "$PY" -m pytest tests/test_engine.py tests/test_repo_pull.py tests/test_cli.py \
-    tests/test_presign_refresh.py tests/test_stored_encoding.py \
+    tests/test_presign_refresh.py tests/test_bearer_refresh.py tests/test_stored_encoding.py \
     tests/test_cache.py -q -p no:cacheprovider
 
 echo "== benchmark smoke =="

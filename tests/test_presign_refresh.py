@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dfrepo import errors
+from dfrepo import Signed, errors
 from dfrepo.engine import Downloader, DownloadRequest, TransferConfig
 
 pytestmark = pytest.mark.servers
@@ -42,9 +42,9 @@ def test_expired_url_is_signed_again(bucket, tmp_path: Path) -> None:  # type: i
     time.sleep(2.1)
     signed: list[str] = []
 
-    def fresh() -> str:
+    def fresh() -> Signed:
         signed.append(_sign(bucket, 300))
-        return signed[-1]
+        return Signed(signed[-1])
 
     req = DownloadRequest(url=expired, dest=tmp_path / "w.bin", size=len(DATA), refresh=fresh)
     with Downloader(CFG) as dl:
@@ -68,11 +68,11 @@ def test_a_presigner_that_keeps_failing_is_bounded(bucket, tmp_path: Path) -> No
 
     calls: list[int] = []
 
-    def refused() -> str:  # a presigner whose URLs the store never accepts (wrong key)
+    def refused() -> Signed:  # a presigner whose URLs the store never accepts (wrong key)
         calls.append(1)
-        return _sign(bucket, 300).replace("X-Amz-Signature=", "X-Amz-Signature=0")
+        return Signed(_sign(bucket, 300).replace("X-Amz-Signature=", "X-Amz-Signature=0"))
 
-    req = DownloadRequest(url=refused(), dest=tmp_path / "w.bin", size=len(DATA), refresh=refused)
+    req = DownloadRequest(url=refused().url, dest=tmp_path / "w.bin", size=len(DATA), refresh=refused)
     calls.clear()
     with Downloader(CFG) as dl, pytest.raises(errors.HTTPStatusError):
         dl.download_many([req])

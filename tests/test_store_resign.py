@@ -65,7 +65,9 @@ def _status(url: str) -> int:
 def _check_resign(objs: list[RemoteObject]) -> None:
     for obj in objs:
         assert obj.resign is not None, obj
-        fresh = obj.resign()
+        signed = obj.resign()
+        assert signed.headers == obj.headers == {}, "the signature travels in the URL"
+        fresh = signed.url
         assert fresh != obj.url
         assert _tid(fresh) == _tid(obj.url), "a re-signed URL must keep the task identity"
         assert "resign=" not in repr(obj)
@@ -91,7 +93,7 @@ def test_s3_expired_urls_are_resigned(seaweedfs: Any, tmp_path: Path) -> None:
                           region=seaweedfs.region)
     objs = list_model(loc, creds, expiry=1)
     _check_resign(objs)
-    fresh = parse_qs(urlsplit(objs[0].resign()).query)  # type: ignore[misc]
+    fresh = parse_qs(urlsplit(objs[0].resign().url).query)  # type: ignore[misc]
     assert fresh["X-Amz-Expires"] == [str(MIN_RESIGN_EXPIRY)]
     _pull_expired(loc, objs, files, tmp_path / "out")
 
@@ -115,7 +117,7 @@ def test_gcs_signed_urls_can_be_resigned(fake_gcs: Any, tmp_path: Path) -> None:
     objs = list_model(loc, GCSCredentials(service_account_path=make_sa_key_file(tmp_path)), expiry=1)
     time.sleep(1.1)  # a new X-Goog-Date
     _check_resign(objs)
-    fresh = objs[0].resign()  # type: ignore[misc]
+    fresh = objs[0].resign().url  # type: ignore[misc]
     assert parse_qs(urlsplit(fresh).query)["generation"] == [objs[0].version]
     assert _status(fresh) == 200
     res = pull(loc, tmp_path / "out", objects=objs, dragonfly=DF, transfer=CFG, env={})

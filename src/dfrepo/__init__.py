@@ -31,7 +31,7 @@ from .errors import (
     TransferError,
     UnsafePathError,
 )
-from .objects import RemoteObject
+from .objects import RemoteObject, Signed
 from .pull import PullResult, pull
 
 logging.getLogger("dfrepo").addHandler(logging.NullHandler())
@@ -66,6 +66,7 @@ __all__ = [
     "RemoteObject",
     "RepoAgentError",
     "RetriesExhaustedError",
+    "Signed",
     "SourceChangedError",
     "StoreError",
     "TransferConfig",

@@ -1,11 +1,41 @@
-"""What a store listing hands to the transfer engine: one :class:`RemoteObject` per file."""
+"""What a store listing hands to the transfer engine: one :class:`RemoteObject` per file,
+and :class:`Signed`, a fresh authorization for one of them."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from .redact import redact_url
+
+
+@dataclass(frozen=True)
+class Signed:
+    """A fresh authorization for the same object: the GET URL and the request headers
+    that go with it (a store's re-signer returns one; the engine uses both from then on).
+
+    :param url: the URL to request now: a new signature (S3, Azure SAS, GCS V4), or the
+        same URL when the credential travels in a header.  Secret.
+    :param headers: the object's own request headers from now on, replacing the listed
+        ones (``RemoteObject.headers`` / ``DownloadRequest.headers``), e.g. a newly minted
+        ``Authorization: Bearer`` token; empty when the URL carries the credential.
+        Secret.
+
+    Neither is part of the Dragonfly task identity: signature query parameters are
+    filtered out of it and no credential header is hashed into it, so a request
+    authorized afresh continues the same P2P task.  ``repr`` shows the redacted URL and
+    the header names only.
+    """
+
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"Signed(url={redact_url(self.url)!r}, headers={sorted(self.headers)!r})"
+
+
+Resign = Callable[[], Signed]
+"""A store's re-signer: a fresh :class:`Signed` for the same object version on each call."""
 
 
 @dataclass(frozen=True)
@@ -22,10 +52,10 @@ class RemoteObject:
     :param headers: extra request headers the URL needs (e.g. a bearer token when a GCS
         credential cannot sign). Secret, like ``url``.
     :param source: the object's location for messages (``s3://bucket/key``), no secrets.
-    :param resign: signs a fresh GET URL for the same object version (the store's
-        presigner), or None when the URL does not expire (public, ``file://``) or cannot be
-        re-signed (GCS bearer token).  The pull hands it to the engine as
-        ``DownloadRequest.refresh``.  Not part of equality, hash or ``repr``.
+    :param resign: authorizes the same object version afresh (:class:`Signed`: the
+        store's presigner, or a newly minted GCS bearer token in ``headers``), or None when
+        nothing expires (public, anonymous, ``file://``).  The pull hands it to the engine
+        as ``DownloadRequest.refresh``.  Not part of equality, hash or ``repr``.
     :param is_dir: a directory entry (an S3/GCS ``dir/`` marker, an Azure HNS folder blob,
         an empty local directory): ``size`` is 0, ``url`` is empty, and the pull only
         creates the directory (Triton refuses an ensemble whose empty version directory
@@ -40,7 +70,7 @@ class RemoteObject:
     crc32c: str | None = None
     headers: dict[str, str] = field(default_factory=dict, repr=False)
     source: str = ""
-    resign: Callable[[], str] | None = field(default=None, repr=False, compare=False, hash=False)
+    resign: Resign | None = field(default=None, repr=False, compare=False, hash=False)
     is_dir: bool = False
 
     @classmethod

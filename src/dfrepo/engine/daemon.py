@@ -15,8 +15,8 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..errors import ProxyUnavailableError, SourceChangedError
-from .jobs import FileJob
+from ..errors import HTTPStatusError, ProxyUnavailableError, SourceChangedError
+from .jobs import UNAUTHORIZED, FileJob
 from .retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -81,13 +81,22 @@ class DaemonRoute:
         req = job.req
         out = req.dest.parent / f".{req.dest.name[:80]}.{secrets.token_hex(6)}.dfrepo-daemon"
         job.fs.makedirs(req.dest.parent)
-        headers = {**self.dragonfly.headers, **req.headers}
         attempt = 0
         while True:
+            signed = job.auth[0]
             job.requests += 1
             try:
-                got = daemon.download(req.url, out, version=req.version or req.etag, headers=headers)
+                got = daemon.download(signed.url, out, version=req.version or req.etag,
+                                      headers={**self.dragonfly.headers, **signed.headers})
                 break
+            except HTTPStatusError as exc:
+                # The origin refused the daemon's request (an expired signature or token):
+                # the same task, authorized afresh, as on the HTTP path.
+                if exc.status in UNAUTHORIZED and job.refresh(signed):
+                    log.info("dfrepo: %s was refused (HTTP %d); continuing with fresh credentials",
+                             req.dest.name, exc.status)
+                    continue
+                raise
             except GrpcUnavailable as exc:
                 if attempt + 1 >= retry.max_attempts:
                     if not self.dragonfly.fallback_direct:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import urllib3
 
 from ..errors import DfrepoError, HTTPStatusError
+from ..objects import Signed
 from ..values import normalize_etag
 from . import exchange as ex
 from .body import Cursor, WritableBuffer, new_buffer, open_body, release
@@ -255,11 +256,12 @@ class Downloader:
         first = self.config.range_size
         attempt = 0
         while True:
-            url = job.url
+            signed, auth_headers = job.auth
+            url = signed.url
             job.requests += 1
             resp = None
             try:
-                headers = dict(job.headers) if whole else {**job.headers, "Range": f"bytes=0-{first - 1}"}
+                headers = dict(auth_headers) if whole else {**auth_headers, "Range": f"bytes=0-{first - 1}"}
                 resp = self.transport.request(url, headers)
                 ex.note_peer(job, resp, self.dragonfly)
                 answer = None if whole else ex.range_answer(resp, url)
@@ -281,7 +283,7 @@ class Downloader:
                     # Dragonfly peer a 500 "dfdaemon" range error): fetch without Range.
                     resp.drain_conn()
                     resp.release_conn()
-                    resp = self.transport.request(url, job.headers)
+                    resp = self.transport.request(url, auth_headers)
                     job.requests += 1
                     if resp.status == 200:
                         self._whole_body(job, resp, sched, state)
@@ -289,7 +291,7 @@ class Downloader:
                 raise ex.status_error(resp, url, None)
             except _RETRY_ON as exc:
                 ex.close_quietly(resp)
-                if self._failed_attempt(job, exc, attempt, url, None, sched):
+                if self._failed_attempt(job, exc, attempt, signed, None, sched):
                     continue
             attempt += 1
             job.retries += 1
@@ -305,19 +307,20 @@ class Downloader:
             job.retries += 1
             self._fetch_span(job, Span(cursor.written, end, True), sched, state)
 
-    def _failed_attempt(self, job: FileJob, exc: BaseException, attempt: int, url: str,
+    def _failed_attempt(self, job: FileJob, exc: BaseException, attempt: int, signed: Signed,
                         rng: tuple[int, int] | None, sched: Scheduler) -> bool:
         """Raise the final error if *exc* ends the request; note throttling either way.
-        True = the URL was re-signed: retry at once (not counted as an attempt)."""
+        True = the file was authorized afresh (URL and headers): retry at once (not counted
+        as an attempt)."""
         if (isinstance(exc, HTTPStatusError) and exc.status in UNAUTHORIZED
-                and job.refresh_url(url)):
-            log.info("dfrepo: %s was refused (HTTP %d); continuing with a freshly signed URL",
+                and job.refresh(signed)):
+            log.info("dfrepo: %s was refused (HTTP %d); continuing with fresh credentials",
                      job.req.dest.name, exc.status)
             return True
         if throttled(exc):
             sched.throttled()
         if self.retry.gives_up(exc, attempt):
-            raise exhausted(exc, attempt, url, rng)
+            raise exhausted(exc, attempt, signed.url, rng)
         return False
 
     def _whole_body(self, job: FileJob, resp: urllib3.BaseHTTPResponse, sched: Scheduler,
@@ -344,11 +347,12 @@ class Downloader:
         pos = start
         attempt = 0
         while True:
-            url = job.url
+            signed, auth_headers = job.auth
+            url = signed.url
             cursor = Cursor()
             resp = None
             ranged = span.ranged or pos > start
-            headers = {**job.headers, "Range": f"bytes={pos}-{end}"} if ranged else dict(job.headers)
+            headers = {**auth_headers, "Range": f"bytes={pos}-{end}"} if ranged else dict(auth_headers)
             if job.etag:
                 headers["If-Match"] = f'"{job.etag}"'
             job.requests += 1
@@ -364,7 +368,7 @@ class Downloader:
             except _RETRY_ON as exc:
                 ex.close_quietly(resp)
                 pos += cursor.written
-                if self._failed_attempt(job, exc, attempt, url, (start, end), sched):
+                if self._failed_attempt(job, exc, attempt, signed, (start, end), sched):
                     continue
             attempt += 1
             job.retries += 1

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from ..objects import Resign, Signed
 from ..values import normalize_etag
 from .fs import FileSystem
 
@@ -35,11 +36,13 @@ class DownloadRequest:
     version: str | None = None
     """Store version evidence (ETag, GCS generation) folded into the Dragonfly task
     identity; defaults to ``etag``."""
-    refresh: Callable[[], str] | None = field(default=None, repr=False, compare=False)
-    """Signs a fresh URL for the same object (a store's presigner). When a request is
-    refused as unauthorized (400/401/403: the signature expired), the file continues with a
-    fresh URL; the Dragonfly task identity does not change (signature parameters are
-    filtered out of it)."""
+    refresh: Resign | None = field(default=None, repr=False, compare=False)
+    """Authorizes the same object afresh (a store's re-signer): a :class:`~dfrepo.objects.Signed`
+    URL and the headers that replace ``headers`` (a new bearer token, or none when the URL
+    carries the signature). When a request is refused as unauthorized (400/401/403: the
+    signature or token expired), the file continues with both; the Dragonfly task identity
+    does not change (signature parameters are filtered out of it, credential headers are
+    not part of it)."""
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,8 @@ class DownloadResult:
     was logged)."""
 
 
-#: Fresh URLs signed for one file at most (a URL that is refused at once again is not a
-#: matter of expiry).
+#: Fresh authorizations (URL + headers) for one file at most (one that is refused at once
+#: again is not a matter of expiry).
 MAX_REFRESHES = 3
 #: Statuses with which stores refuse an expired signature (S3/Azure 403, GCS 400, 401).
 UNAUTHORIZED = frozenset({400, 401, 403})
@@ -79,11 +82,10 @@ class FileJob:
     def __init__(self, req: DownloadRequest, headers: Mapping[str, str], fs: FileSystem,
                  publish: Publish) -> None:
         self.req = req
-        self.url = req.url
-        """The URL requests use now (re-signed when the first one expired)."""
+        self._base = dict(headers)
+        self._auth = self._authorized(Signed(req.url, dict(req.headers)))
         self.refreshes = 0
         self._lock = threading.Lock()
-        self.headers = {**headers, **req.headers}
         self.size = req.size
         self.etag = normalize_etag(req.etag)
         self.fs = fs
@@ -104,19 +106,43 @@ class FileJob:
         self.error: BaseException | None = None
         self.result: DownloadResult | None = None
 
-    def refresh_url(self, failed_url: str) -> bool:
-        """After *failed_url* was refused as unauthorized: sign a fresh URL (once per
-        failure, however many ranges saw it). False when there is no presigner or it was
-        used :data:`MAX_REFRESHES` times."""
+    def _authorized(self, signed: Signed) -> tuple[Signed, dict[str, str]]:
+        return signed, {**self._base, **signed.headers}
+
+    @property
+    def auth(self) -> tuple[Signed, dict[str, str]]:
+        """``(signed, headers)`` for the next request, read together: the authorization in
+        use (re-signed when one expired) and the full request headers that go with it
+        (the engine's and Dragonfly's, then the authorization's own). The dict is shared:
+        copy it before adding to it."""
+        return self._auth
+
+    @property
+    def url(self) -> str:
+        """The URL requests use now."""
+        return self._auth[0].url
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The request headers in use now (see :attr:`auth`)."""
+        return self._auth[1]
+
+    def refresh(self, failed: Signed) -> bool:
+        """After a request authorized by *failed* was refused as unauthorized: authorize
+        the file afresh, URL and headers (once per failure, however many ranges saw it).
+        False when there is no re-signer or it was used :data:`MAX_REFRESHES` times."""
         if self.req.refresh is None:
             return False
         with self._lock:
-            if self.url != failed_url:
-                return True  # another range of this file re-signed already
+            if self._auth[0] is not failed:
+                return True  # another range of this file was authorized afresh already
             if self.refreshes >= MAX_REFRESHES:
                 return False
-            self.url = self.req.refresh()
             self.refreshes += 1
+            fresh = self.req.refresh()
+            if not isinstance(fresh, Signed):  # an untyped caller's presigner returning a str
+                raise TypeError(f"DownloadRequest.refresh must return dfrepo.Signed, not {type(fresh).__name__}")
+            self._auth = self._authorized(fresh)
             return True
 
     def open(self) -> None:

@@ -10,8 +10,9 @@
 
 Every entry's ``rel_path`` passed :func:`~dfrepo.safepaths.safe_relpath`; a directory
 marker becomes a directory entry (``is_dir``) when no file lies under it, so empty
-directories are recreated; the list is sorted by ``rel_path``.  Signed URLs carry a
-re-signer (``RemoteObject.resign``).  An empty directory or
+directories are recreated; the list is sorted by ``rel_path``.  Signed URLs and GCS
+bearer-token objects carry a re-signer (``RemoteObject.resign``, returning a
+:class:`~dfrepo.objects.Signed`: a new signature, or the same URL with a new token).  An empty directory or
 missing bucket/container raises :class:`~dfrepo.errors.ObjectNotFoundError`; rejected
 credentials raise :class:`~dfrepo.errors.CredentialsError`.
 """

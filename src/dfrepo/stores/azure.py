@@ -13,7 +13,10 @@
 Directories: a zero-byte ``dir/`` blob and a hierarchical-namespace (ADLS Gen2) folder
 blob (metadata ``hdi_isfolder=true``, no trailing slash) become directory entries
 (``RemoteObject.is_dir``), so empty directories are recreated.  Signed URLs carry
-``resign`` (a new SAS for the same blob, used when one expires mid-pull).
+``resign`` (a new SAS for the same blob, used when one expires mid-pull).  Every mode's
+credential travels in the URL (the SAS); no download carries an ``Authorization`` header
+(the identity's token only lists and fetches the user delegation key), so a re-signed
+:class:`~dfrepo.objects.Signed` has no headers.
 
 The account is ``account_str`` from the credential when set (as in Triton), else the
 location's.  ``version`` is the ETag (quotes stripped); ``md5`` is the hex of
@@ -27,13 +30,12 @@ import binascii
 import datetime as _dt
 import logging
 import threading
-from collections.abc import Callable
 from typing import Any
 
 from ..credentials import AzureCredentials
 from ..errors import CredentialsError, ObjectNotFoundError, StoreError
 from ..locations import AZURE_DEFAULT_SUFFIX, AzureLocation
-from ..objects import RemoteObject
+from ..objects import RemoteObject, Resign, Signed
 from ..safepaths import safe_relpath
 from ..values import normalize_etag
 from ._common import b64_to_hex, dir_entry, finish, is_dir_marker, resign_expiry
@@ -109,12 +111,12 @@ class _SasSigner:
                                      start=start, expiry=expires))
 
     def resigner(self, base_url: str, name: str, seconds: int,
-                 location: AzureLocation) -> Callable[[], str]:
+                 location: AzureLocation) -> Resign:
         import azure.core.exceptions as aexc
 
-        def sign() -> str:
+        def sign() -> Signed:
             try:
-                return base_url + "?" + self.sas(name, seconds)
+                return Signed(base_url + "?" + self.sas(name, seconds))
             except aexc.AzureError as exc:
                 raise _translate(exc, location, self._creds) from exc
         return sign

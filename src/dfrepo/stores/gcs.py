@@ -17,7 +17,9 @@ How each object's URL is made (``RemoteObject.url`` / ``.headers``), in order:
     ``signBlob`` was refused: the JSON-API media URL
     (``/download/storage/v1/b/B/o/O?alt=media&generation=G``) plus an
     ``Authorization: Bearer`` header.  The token lives about an hour and must be
-    forwarded by the proxy; prefer a service account.
+    forwarded by the proxy; prefer a service account.  When a download is refused
+    (401: the token expired), the credential mints a new token (``credentials.refresh``)
+    and the file continues with the same URL and the new header.
 ``anonymous``
     Anonymous credentials (an emulator without a key file, public buckets): the same
     media URL with no header.
@@ -27,8 +29,12 @@ Against an emulator (``CLOUD_STORAGE_EMULATOR_ENDPOINT``) listing is always anon
 key file, when given, still signs URLs for the emulator's host.
 
 Signed URLs (``key``/``iam``) carry ``resign``, which signs the same generation again
-when a URL expires part-way through a long pull; bearer and anonymous URLs have none
-(the emulators do not check expiry).  A zero-byte ``dir/`` object becomes a directory
+when a URL expires part-way through a long pull; bearer-token objects carry one that
+returns the same media URL with a freshly minted token in the header (one refresh of the
+credential per expiry, shared by every file of the listing); anonymous URLs have none
+(nothing expires).  Neither a new signature nor a new token changes the Dragonfly task
+identity: the ``X-Goog-*`` signature parameters are filtered out of it and headers are
+not part of it.  A zero-byte ``dir/`` object becomes a directory
 entry (``RemoteObject.is_dir``) so an empty directory is recreated.
 
 ``version`` is the generation; ``md5`` (hex) and ``crc32c`` (base64) come from the
@@ -40,13 +46,13 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
-from collections.abc import Callable
+import threading
 from typing import Any
 
 from ..credentials import GCSCredentials
 from ..errors import ConfigError, CredentialsError, ObjectNotFoundError, StoreError
 from ..locations import GCSLocation
-from ..objects import RemoteObject
+from ..objects import RemoteObject, Resign, Signed
 from ..safepaths import safe_relpath
 from ._common import b64_to_hex, dir_entry, finish, is_dir_marker, resign_expiry
 
@@ -152,22 +158,59 @@ def _translate(exc: BaseException, location: GCSLocation, creds: GCSCredentials)
     return StoreError(f"GCS listing of {where} failed: {type(exc).__name__}", provider="gs")
 
 
+class _BearerTokens:
+    """The access token of one listing's credential, minted afresh when downloads are
+    refused: the first file to ask after an expiry refreshes the credential, the others
+    get that new token (one ``credentials.refresh`` per expiry, not one per file)."""
+
+    def __init__(self, gcreds: Any, creds: GCSCredentials) -> None:
+        self._gcreds, self._creds = gcreds, creds
+        self._lock = threading.Lock()
+
+    def _after(self, stale: str) -> str:
+        """A token other than *stale*: the one held when another file renewed it already,
+        else a newly minted one."""
+        import google.auth.transport.requests
+
+        with self._lock:
+            held = str(self._gcreds.token or "")
+            if held and held != stale:
+                return held
+            try:
+                self._gcreds.refresh(google.auth.transport.requests.Request())
+            except Exception as exc:  # noqa: BLE001 - RefreshError, transport errors: no detail leaks
+                raise CredentialsError(
+                    f"cannot obtain a fresh GCS access token ({self._creds.source}): "
+                    f"{type(exc).__name__}", provider="gs", source=self._creds.source) from None
+            return str(self._gcreds.token or "")
+
+    def resigner(self, url: str, token: str) -> Resign:
+        """Authorizes *url* (a media URL listed with *token*) with a token newer than the
+        one it last handed out, on each call."""
+        handed = [token]
+
+        def sign() -> Signed:
+            handed[0] = self._after(handed[0])
+            return Signed(url, {"Authorization": f"Bearer {handed[0]}"})
+        return sign
+
+
 def _signer(blob: Any, gcreds: Any, mode: str, endpoint: str, expiry: int,
-            creds: GCSCredentials) -> Callable[[], str]:
+            creds: GCSCredentials) -> Resign:
     """Signs a V4 GET URL for *blob*'s generation, valid *expiry* s, on each call
     (``key``: locally; ``iam``: through signBlob with a fresh access token)."""
-    def sign() -> str:
+    def sign() -> Signed:
         expiration = _dt.timedelta(seconds=expiry)
         try:
             if mode == "iam":
-                return str(blob.generate_signed_url(
+                return Signed(str(blob.generate_signed_url(
                     version="v4", expiration=expiration, method="GET",
                     generation=blob.generation, api_access_endpoint=endpoint,
                     service_account_email=gcreds.service_account_email,
-                    access_token=_ensure_token(gcreds)))
-            return str(blob.generate_signed_url(
+                    access_token=_ensure_token(gcreds))))
+            return Signed(str(blob.generate_signed_url(
                 version="v4", expiration=expiration, method="GET", generation=blob.generation,
-                api_access_endpoint=endpoint, credentials=gcreds))
+                api_access_endpoint=endpoint, credentials=gcreds)))
         except Exception as exc:  # noqa: BLE001 - signing errors vary by mode; no detail leaks
             raise CredentialsError(
                 f"the GCS credential ({creds.source}) cannot sign a URL for {blob.name!r}: "
@@ -207,6 +250,7 @@ def list_gcs(
     list_prefix = location.prefix + "/" if location.prefix else ""
     expiration = _dt.timedelta(seconds=expiry)
     objects: list[RemoteObject] = []
+    tokens = _BearerTokens(gcreds, creds)
     try:
         blobs = client.list_blobs(location.bucket, prefix=list_prefix, timeout=timeout,
                                   retry=retry)
@@ -248,15 +292,17 @@ def list_gcs(
                     token = _ensure_token(gcreds)
                     if token:  # anonymous credentials have none
                         headers = {"Authorization": f"Bearer {token}"}
-            signed = mode in ("key", "iam")
+            resign: Resign | None = None
+            if mode in ("key", "iam"):
+                resign = _signer(blob, gcreds, mode, location.endpoint, resign_expiry(expiry), creds)
+            elif mode == "bearer" and headers:
+                resign = tokens.resigner(url, headers["Authorization"].removeprefix("Bearer "))
             objects.append(RemoteObject(
                 rel_path=rel, size=size, url=url,
                 version=str(blob.generation) if blob.generation is not None else None,
                 md5=b64_to_hex(blob.md5_hash), crc32c=blob.crc32c or None,
                 headers=dict(headers) if mode == "bearer" else {},
-                source=location.source_for(name),
-                resign=_signer(blob, gcreds, mode, location.endpoint, resign_expiry(expiry), creds)
-                if signed else None))
+                source=location.source_for(name), resign=resign))
     except (gexc.GoogleAPICallError, gexc.RetryError, aexc.GoogleAuthError,
             requests.RequestException) as exc:
         if isinstance(exc, gexc.RetryError):

@@ -10,7 +10,9 @@ location form is addressed path-style, as Triton does.
 A zero-byte ``dir/`` marker becomes a directory entry (``RemoteObject.is_dir``), so an
 empty directory such as an ensemble's version directory is recreated (Triton's own S3
 code does).  Every file carries ``resign``: a fresh presigned GET for the same key, used
-when a URL expires part-way through a long pull (lifetime ``resign_expiry(expiry)``).
+when a URL expires part-way through a long pull (lifetime ``resign_expiry(expiry)``).  The
+credential always travels in the URL (a session token too, as ``X-Amz-Security-Token``),
+so the re-signed :class:`~dfrepo.objects.Signed` carries no headers.
 
 ``RemoteObject.version`` is the ETag without quotes; ``md5`` is the ETag when it is a
 plain 32-hex single-part ETag.  Caveat: objects encrypted with SSE-KMS/SSE-C have such
@@ -20,13 +22,12 @@ ETags that are *not* the MD5 of the content; pass ``trust_etag_md5=False`` there
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from ..credentials import S3Credentials
 from ..errors import CredentialsError, LocationError, ObjectNotFoundError, StoreError
 from ..locations import S3Location
-from ..objects import RemoteObject
+from ..objects import RemoteObject, Resign, Signed
 from ..redact import redact_inline
 from ..safepaths import safe_relpath
 from ..values import normalize_etag
@@ -151,14 +152,14 @@ def _translate(exc: BaseException, location: S3Location, creds: S3Credentials) -
     return StoreError(f"S3 listing of {where} failed: {type(exc).__name__}", provider="s3")
 
 
-def _presigner(client: Any, bucket: str, key: str, expiry: int) -> Callable[[], str]:
+def _presigner(client: Any, bucket: str, key: str, expiry: int) -> Resign:
     """Signs a GET for ``bucket/key`` valid *expiry* seconds, locally, on each call."""
     import botocore.exceptions
 
-    def sign() -> str:
+    def sign() -> Signed:
         try:
-            return str(client.generate_presigned_url(
-                "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expiry))
+            return Signed(str(client.generate_presigned_url(
+                "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expiry)))
         except botocore.exceptions.BotoCoreError as exc:  # e.g. a role's credentials ran out
             raise CredentialsError(f"cannot sign a fresh URL for s3 object {key!r}: "
                                    f"{type(exc).__name__}", provider="s3") from exc
@@ -209,7 +210,7 @@ def list_s3(
                     continue
                 rel = safe_relpath(key, location.prefix)
                 etag = normalize_etag(item.get("ETag"))
-                url = _presigner(client, location.bucket, key, expiry)()
+                url = _presigner(client, location.bucket, key, expiry)().url
                 objects.append(RemoteObject(
                     rel_path=rel, size=size, url=url, version=etag,
                     md5=s3_etag_md5(etag) if trust_etag_md5 else None,
