@@ -248,13 +248,40 @@ CLIENTS = {"dfrepo": prep_dfrepo, "stdlib": prep_stdlib, "urllib3": prep_urllib3
            "boto3": prep_boto3, "awscrt": prep_awscrt}
 
 
+def _start_perf(spec: dict[str, Any]) -> Any:
+    """With ``perf_record`` in the spec: ``perf record`` this process from now on (after the
+    imports and setup, so the profile is the transfer's), written to that path."""
+    if not spec.get("perf_record"):
+        return None
+    import subprocess
+
+    out = spec["perf_record"]
+    proc = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "1999", "-g", "-o", out,
+                             "-p", str(os.getpid())], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 5.0
+    while not os.path.exists(out) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.2)  # attached to every thread before the transfer starts
+    return proc
+
+
+def _stop_perf(proc: Any) -> None:
+    if proc is not None:
+        import signal
+
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+
+
 def main() -> int:
     spec = json.loads(Path(sys.argv[1]).read_text())
     run = CLIENTS[spec["client"]](spec)
+    perf = _start_perf(spec)
     rss_base = _hwm_kb()
     c0, t0 = _cpu(), time.perf_counter()
     extra = run()
     t1, c1 = time.perf_counter(), _cpu()
+    _stop_perf(perf)
     out = {"seconds": t1 - t0, "cpu_s": c1 - c0, "rss_base_kb": rss_base, "rss_peak_kb": _hwm_kb(), "extra": extra}
     tmp = spec["result"] + ".tmp"
     Path(tmp).write_text(json.dumps(out))

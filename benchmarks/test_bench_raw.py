@@ -3,8 +3,11 @@
 Origin: nginx on 127.0.0.1 (sendfile) serving files that live on tmpfs, and SeaweedFS
 S3 (direct port) for the S3-native clients.  Workloads:
 
-* ``raw_large_tmpfs`` / ``raw_large_disk``: one object (smoke 64 MiB, full 2 GiB) to a
-  tmpfs / real-disk destination; every client fsyncs the result inside the timing.
+* ``raw_large_tmpfs`` / ``raw_large_hugetmpfs`` / ``raw_large_disk``: one object (smoke
+  64 MiB, full 2 GiB) to the default tmpfs (4 KiB pages), to a tmpfs with huge pages
+  (``huge=within_size``: what the transfer costs once page allocation is not the
+  bottleneck), or to a real disk; every client fsyncs the result inside the timing. The
+  tmpfs rows carry a kernel profile of dfrepo's run: where its CPU goes.
 * ``raw_many``: N small files (smoke 100 x 256 KiB, full 1000 x 1 MiB) to tmpfs;
   dfrepo through ``Downloader.download_many``.
 
@@ -126,6 +129,56 @@ def _strace_profile(spec: dict[str, Any], workdir: Path, dest: Path, timeout: fl
     return "\n".join(keep)
 
 
+#: Kernel functions whose inclusive share of the samples answers "where does the CPU go".
+CPU_PARTS = {
+    "page-cache allocation": ("shmem_alloc_and_add_folio", "filemap_add_folio"),
+    "copy into the page cache": ("copy_folio_from_iter_atomic",),
+    "zeroing partly written huge pages": ("zero_user_segments.constprop.0", "folio_zero_user"),
+    "socket receive": ("tcp_splice_read", "tcp_recvmsg"),
+    "inode lock contention": ("rwsem_down_write_slowpath",),
+}
+
+
+def cpu_profile(spec: dict[str, Any], workdir: Path, dest: Path, timeout: float) -> dict[str, float] | None:
+    """``perf record`` of one dfrepo transfer (the client attaches it after its imports and
+    setup): the share of the CPU samples spent in each of :data:`CPU_PARTS` and in user
+    space (None without a working ``perf``)."""
+    import subprocess
+
+    perf = shutil.which("perf")
+    if perf is None:
+        return None
+    data = workdir / "perf.data"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        proc, result, log, t0 = H.start_client("perf", {**spec, "dest": str(dest), "perf_record": str(data)},
+                                               workdir)
+        H.finish_client("perf", proc, result, log, t0, timeout)
+        def report(*args: str) -> str:
+            return subprocess.run([perf, "report", "-i", str(data), "--stdio", "-g", "none", *args],
+                                  capture_output=True, text=True, timeout=120).stdout
+
+        by_symbol = report("--children", "--sort", "sym", "--percent-limit", "0.5")
+        by_object = report("--no-children", "--sort", "dso")
+    except (H.ClientFailed, OSError, subprocess.SubprocessError):
+        return None
+    finally:
+        H.clear_outputs([dest])
+        data.unlink(missing_ok=True)
+    inclusive: dict[str, float] = {}
+    for line in by_symbol.splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[0].endswith("%") and parts[2] in ("[k]", "[.]"):
+            inclusive[parts[3]] = float(parts[0].rstrip("%")) / 100
+    user = sum(float(parts[0].rstrip("%")) / 100 for parts in map(str.split, by_object.splitlines())
+               if len(parts) == 2 and parts[0].endswith("%") and "kernel" not in parts[1])
+    if not inclusive:
+        return None
+    out = {name: max((inclusive.get(f, 0.0) for f in funcs), default=0.0) for name, funcs in CPU_PARTS.items()}
+    out["user space (Python, the core)"] = user
+    return out
+
+
 def _large(kind: str, dest_root: Path, large_source, seaweedfs, bench_bucket, bench_scale, tmpfs_dir) -> None:
     sc = bench_scale
     client, bucket = bench_bucket
@@ -154,11 +207,16 @@ def _large(kind: str, dest_root: Path, large_source, seaweedfs, bench_bucket, be
              f"{H.fs_type(dest_root)}), origin nginx (file on tmpfs) / SeaweedFS direct port; "
              "S3 rows compare against dfrepo@s3 (presigned SeaweedFS URL)")]
     notes += _targets(table)
-    profile = None
+    profile = cpu = None
     if kind == "tmpfs":
         profile = _strace_profile({**specs[REF_HTTP]}, work, dest_root / "strace" / "large.bin", sc["timeout"])
         if profile:
             notes.append("strace -c -f of dfrepo (one run, slowed by tracing): see `profile`")
+    if kind in ("tmpfs", "hugetmpfs"):
+        cpu = cpu_profile({**specs[REF_HTTP]}, work, dest_root / "perf" / "large.bin", sc["timeout"])
+        if cpu:
+            notes.append("where dfrepo's CPU goes (perf, share of the process's samples): "
+                         + ", ".join(f"{k} {v:.0%}" for k, v in cpu.items()))
     md = H.client_table(table)
     if profile:
         md += "\n\n```\n" + profile + "\n```"
@@ -168,13 +226,19 @@ def _large(kind: str, dest_root: Path, large_source, seaweedfs, bench_bucket, be
                         highlight=[i for i, n in enumerate(table) if n in (REF_HTTP, REF_S3)])
     H.write_result(f"raw_large_{kind}", {"workload": {"size": large_source["size"], "dest": kind},
                                          "clients": table, "rounds": H.rounds_json(rounds), "notes": notes,
-                                         "profile": profile, "charts": [str(chart)] if chart else []}, md)
+                                         "profile": profile, "cpu_profile": cpu,
+                                         "charts": [str(chart)] if chart else []}, md)
     assert all(r["verified"] for r in table.values())
 
 
 def test_raw_large_tmpfs(large_source, seaweedfs, bench_bucket, bench_scale, tmpfs_dir) -> None:
     dest = tmpfs_dir / "dest-large"
     _large("tmpfs", dest, large_source, seaweedfs, bench_bucket, bench_scale, tmpfs_dir)
+
+
+def test_raw_large_hugetmpfs(large_source, seaweedfs, bench_bucket, bench_scale, tmpfs_dir, hugetmpfs_dir) -> None:
+    _large("hugetmpfs", hugetmpfs_dir / "dest-large", large_source, seaweedfs, bench_bucket, bench_scale,
+           tmpfs_dir)
 
 
 def test_raw_large_disk(large_source, seaweedfs, bench_bucket, bench_scale, tmpfs_dir, disk_dir) -> None:

@@ -117,7 +117,7 @@ def test_a_failed_shrink_is_retried_after_a_growing_pause() -> None:
     drive(limit, clock, per_connection(50e6, cap=500e6), 30.0)
     shrinks = [d.at for d in limit.decisions if d.why == "shrink"]
     assert len(shrinks) >= 3
-    gaps = [b - a for a, b in zip(shrinks, shrinks[1:])]
+    gaps = [b - a for a, b in zip(shrinks, shrinks[1:], strict=False)]
     assert gaps[0] >= SHRINK_BACKOFF and gaps[1] >= 2 * SHRINK_BACKOFF
     assert limit.limit == 16
 
