@@ -5,6 +5,11 @@ anywhere, so as root the child runs without ``CAP_DAC_OVERRIDE``/``CAP_DAC_READ_
 (``setpriv``), which makes permissions bind it like any UID: a read-only
 ``DFREPO_CACHE_DIR`` and a ``$HOME`` owned by another UID (as with OpenShift's random
 UIDs).  No ``$HOME`` and no passwd entry is simulated in-process.
+
+``dfrepo pull`` (the CLI) runs the same way as ``python -m dfrepo`` in such a child: the
+default cache directory unusable is one warning line and a pull without the cache; a
+directory the user named with ``--cache-dir`` is a :class:`~dfrepo.errors.CacheError`
+(exit 1), because they asked for that one.
 """
 
 from __future__ import annotations
@@ -62,18 +67,22 @@ def shared_tmp() -> Iterator[Path]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def _run_child(root: Path, env: dict[str, str]) -> dict[str, Any]:
+def _unprivileged(root: Path, env: dict[str, str], argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run *argv* in *root* with only *env* (plus PATH), as root without the DAC override."""
     base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONDONTWRITEBYTECODE": "1",
             "TRITON_DRAGONFLY_CONFIG_PATH": "", "TRITON_CLOUD_CREDENTIAL_PATH": ""}
     base.update(env)
-    argv = [sys.executable, "-c", _CHILD, str(root / "src"), str(root / "out")]
     if os.geteuid() == 0:
         setpriv = shutil.which("setpriv")
         if setpriv is None:
             pytest.skip("setpriv (util-linux) is needed to drop root's DAC override")
         argv = [setpriv, "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search",
                 "--reuid=0", "--", *argv]
-    proc = subprocess.run(argv, env=base, capture_output=True, text=True, timeout=120, cwd=str(root))
+    return subprocess.run(argv, env=base, capture_output=True, text=True, timeout=120, cwd=str(root))
+
+
+def _run_child(root: Path, env: dict[str, str]) -> dict[str, Any]:
+    proc = _unprivileged(root, env, [sys.executable, "-c", _CHILD, str(root / "src"), str(root / "out")])
     assert proc.returncode == 0, proc.stderr[-3000:]
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["files"] == 2
@@ -118,6 +127,94 @@ def test_no_home_at_all_does_not_fail_the_pull(tmp_path: Path, monkeypatch: pyte
     with pytest.warns(DfrepoWarning, match="DFREPO_CACHE_DIR"):
         res = pull(str(tmp_path / "src"), tmp_path / "out", overrides={"cache": "on"}, env={})
     assert res.files == 1
+
+
+# -- the CLI: `dfrepo pull` -----------------------------------------------------------------
+
+
+def _run_cli(root: Path, env: dict[str, str], *flags: str, name: str = "m0") -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "dfrepo", "pull", str(root / "src"), str(root / "out" / name), *flags]
+    return _unprivileged(root, env, argv)
+
+
+def _cli_pulled_uncached(root: Path, proc: subprocess.CompletedProcess[str], name: str = "m0") -> str:
+    """The CLI pull succeeded without the cache and said so once; returns the warning line."""
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (root / "out" / name / "1" / "model.bin").read_bytes() == b"x" * 1000
+    lines = [ln for ln in proc.stderr.splitlines() if "continuing without the cache" in ln]
+    assert len(lines) == 1, proc.stderr  # one line: not once as a log line and again as a warning
+    assert "dfrepo: error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert "pulled 2 files" in proc.stdout and "cache 0 B" in proc.stdout, proc.stdout
+    return lines[0]
+
+
+def test_cli_read_only_cache_dir_does_not_fail_the_pull(shared_tmp: Path) -> None:
+    ro = shared_tmp / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    proc = _run_cli(shared_tmp, {"HOME": str(shared_tmp), "DFREPO_CACHE_DIR": str(ro / "cache")})
+    line = _cli_pulled_uncached(shared_tmp, proc)
+    assert str(ro / "cache") in line and "DFREPO_CACHE_DIR" in line
+    # --json: the result document on stdout, the warning on stderr only.
+    proc = _run_cli(shared_tmp, {"HOME": str(shared_tmp), "DFREPO_CACHE_DIR": str(ro / "cache")}, "--json",
+                    name="m1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["files"] == 2
+    assert proc.stderr.count("continuing without the cache") == 1, proc.stderr
+
+
+def test_cli_foreign_home_does_not_fail_the_pull(shared_tmp: Path) -> None:
+    home = shared_tmp / "home"  # another UID's, 0o755: ~/.cache cannot be created
+    home.mkdir()
+    home.chmod(0o755)
+    if os.geteuid() == 0:
+        os.chown(home, RANDOM_UID, RANDOM_UID)
+    line = _cli_pulled_uncached(shared_tmp, _run_cli(shared_tmp, {"HOME": str(home)}))
+    assert str(home) in line
+
+
+def test_cli_no_home_at_all_does_not_fail_the_pull(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import pwd
+
+    from dfrepo.cache import model_cache
+    from dfrepo.cli import main
+
+    def no_entry(uid: int) -> Any:
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    for var in ("HOME", "DFREPO_CACHE_DIR", "XDG_CACHE_HOME", "DFREPO_PROXY", "DRAGONFLY_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("TRITON_DRAGONFLY_CONFIG_PATH", str(tmp_path / "absent.json"))
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+    monkeypatch.setattr(model_cache, "_warned", set())  # a new process (the API test warned already)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "config.pbtxt").write_text("x")
+    assert main(["pull", str(tmp_path / "src"), str(tmp_path / "out")]) == 0
+    out, err = capsys.readouterr()
+    assert "pulled 1 file" in out
+    assert err.count("continuing without the cache") == 1 and "DFREPO_CACHE_DIR" in err, err
+    assert (tmp_path / "out" / "config.pbtxt").read_text() == "x"
+
+
+def test_cli_named_cache_dir_that_is_unusable_fails_clearly(shared_tmp: Path) -> None:
+    ro = shared_tmp / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    # The default directory is fine; the one named on the command line is not: exit 1.
+    proc = _run_cli(shared_tmp, {"HOME": str(shared_tmp), "DFREPO_CACHE_DIR": str(shared_tmp / "ok")},
+                    "--cache-dir", str(ro / "cache"))
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-3000:])
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("dfrepo: error: cache directory ") and str(ro / "cache") in lines[0]
+    assert "--cache-dir" in lines[0] and "--no-cache" in lines[0]
+    assert not (shared_tmp / "out" / "m0").exists()  # failed before any download
+    proc = _run_cli(shared_tmp, {"HOME": str(shared_tmp)}, "--cache-dir", str(ro / "cache"), "--json")
+    assert proc.returncode == 1 and json.loads(proc.stdout)["error"]["type"] == "CacheError", proc.stdout
+    # --no-cache wins over a named directory.
+    proc = _run_cli(shared_tmp, {"HOME": str(shared_tmp)}, "--cache-dir", str(ro / "cache"), "--no-cache")
+    assert proc.returncode == 0 and "continuing without the cache" not in proc.stderr, proc.stderr
 
 
 def test_open_cache_warns_once_per_directory(tmp_path: Path) -> None:

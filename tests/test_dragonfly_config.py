@@ -305,3 +305,32 @@ def test_no_warnings_for_a_clean_file(write):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_dragonfly_config(write({"proxy": "http://127.0.0.1:4001", "filter": ["a"]}), env=NO_ENV)
+
+
+def test_model_parameters_key(write):
+    """The Triton agent's allow-list (``model_parameters``): a list of names, kept as given;
+    the operator's alone (no override, no string form). The C++ agent reads only ``proxy``,
+    ``header`` and ``filter`` (``Find`` on each; other members are never looked at), so a
+    file with the key serves both agents."""
+    doc = {"proxy": "http://127.0.0.1:4001", "header": {"X-Custom": "v"}, "filter": ["X-Amz-Algorithm"],
+           "model_parameters": [" tag ", "filter", "header.*", "tag"]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a known key: no "unknown key" warning
+        cfg = load_dragonfly_config(write(doc), env=NO_ENV)
+    assert cfg.model_parameters == ("tag", "filter", "header.*")
+    assert (cfg.proxy, dict(cfg.headers), cfg.filter) == ("http://127.0.0.1:4001", {"X-Custom": "v"}, ("X-Amz-Algorithm",))
+    assert load_dragonfly_config(write({"model_parameters": []}), env=NO_ENV).model_parameters == ()
+    assert load_dragonfly_config(write({}), env=NO_ENV).model_parameters is None
+    assert "model_parameters=('tag', 'filter', 'header.*')" in repr(cfg)
+    assert pickle.loads(pickle.dumps(cfg)) == cfg
+    assert not is_override_key("model_parameters")
+    with pytest.raises(ConfigError, match="unknown Dragonfly override"):
+        load_dragonfly_config(write({}), env=NO_ENV, overrides={"model_parameters": "tag"})
+    with pytest.raises(ConfigError, match="must be a list") as info:
+        load_dragonfly_config(write({"model_parameters": "tag,filter"}), env=NO_ENV)
+    assert info.value.key == "model_parameters" and "dragonfly_config.json" in str(info.value)
+    with pytest.raises(ConfigError, match="must be a list"):
+        DragonflyConfig(model_parameters="tag")  # type: ignore[arg-type]
+    # A typo in the key itself is pointed at, as for any key.
+    with pytest.warns(DfrepoWarning, match="did you mean 'model_parameters'"):
+        load_dragonfly_config(write({"model_parameter": ["tag"]}), env=NO_ENV)

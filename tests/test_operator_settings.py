@@ -9,6 +9,7 @@ are pulled.
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,108 @@ def test_operator_allow_list() -> None:
         settings_for_model("s3://b/m", {"tag": "t"}, env={**base, "DFREPO_MODEL_PARAMETERS": "none"})
     s = settings_for_model("s3://b/m", {"proxy": "127.0.0.1:4001"}, env={**base, "DFREPO_MODEL_PARAMETERS": "*"})
     assert s.dragonfly.proxy == "http://127.0.0.1:4001"
+
+
+# -- 4b. the allow-list in the operator's dragonfly_config.json ----------------------------
+def _operator_file(tmp_path: Path, doc: dict[str, Any], name: str = "dragonfly_config.json") -> dict[str, str]:
+    cfg = tmp_path / name
+    cfg.write_text(json.dumps(doc))
+    return {"TRITON_DRAGONFLY_CONFIG_PATH": str(cfg)}
+
+
+def test_allow_list_from_dragonfly_config(tmp_path: Path) -> None:
+    env = _operator_file(tmp_path, {"proxy": "127.0.0.1:4001", "model_parameters": ["tag", "header.*"]})
+    s = settings_for_model("s3://b/m", {"tag": "t", "header.X-Team": "a"}, env=env)
+    assert s.dragonfly.tag == "t" and s.dragonfly.headers["X-Team"] == "a"
+    assert s.dragonfly.proxy == "http://127.0.0.1:4001" and s.dragonfly.model_parameters == ("tag", "header.*")
+    with pytest.raises(ParameterNotAllowedError) as info:  # allowed by default, not by this operator
+        settings_for_model("s3://b/m", {"priority": "2"}, env=env)
+    msg = str(info.value)
+    assert "operator allows: tag, header.*" in msg and '"model_parameters"' in msg and "DFREPO_MODEL_PARAMETERS" in msg
+    with pytest.raises(ParameterNotAllowedError):  # [] allows nothing
+        settings_for_model("s3://b/m", {"tag": "t"}, env=_operator_file(tmp_path, {"model_parameters": []}))
+    s = settings_for_model("s3://b/m", {"proxy": "127.0.0.1:4002"}, env=_operator_file(tmp_path, {"model_parameters": ["*"]}))
+    assert s.dragonfly.proxy == "http://127.0.0.1:4002"
+    # No key (or null): the default list.
+    for doc in ({}, {"model_parameters": None}):
+        assert settings_for_model("s3://b/m", {"priority": "2"}, env=_operator_file(tmp_path, doc)).dragonfly.priority == 2
+    # The allow-list also decides dfrepo.agent (checked before the settings are resolved).
+    from dfrepo.triton.agent import resolve_agent_class
+
+    with pytest.raises(ConfigError, match="not a dfrepo.triton.RepoAgent subclass"):
+        resolve_agent_class({"dfrepo.agent": "json:JSONDecoder"},
+                            env=_operator_file(tmp_path, {"model_parameters": ["dfrepo.agent"]}))
+    with pytest.raises(ParameterNotAllowedError, match="model_parameters"):
+        resolve_agent_class({"dfrepo.agent": "json:JSONDecoder"}, env=_operator_file(tmp_path, {"model_parameters": ["tag"]}))
+
+
+def test_allow_list_environment_beats_the_file(tmp_path: Path) -> None:
+    env = _operator_file(tmp_path, {"model_parameters": ["tag"]})
+    s = settings_for_model("s3://b/m", {"priority": "2"}, env={**env, "DFREPO_MODEL_PARAMETERS": "priority"})
+    assert s.dragonfly.priority == 2
+    with pytest.raises(ParameterNotAllowedError):
+        settings_for_model("s3://b/m", {"tag": "t"}, env={**env, "DFREPO_MODEL_PARAMETERS": "priority"})
+    with pytest.raises(ParameterNotAllowedError):  # "none" in the environment: nothing, whatever the file says
+        settings_for_model("s3://b/m", {"tag": "t"}, env={**_operator_file(tmp_path, {"model_parameters": ["*"]}),
+                                                          "DFREPO_MODEL_PARAMETERS": "none"})
+
+
+@pytest.mark.parametrize("value,error", [
+    ("tag,filter", "must be a list"), ({"tag": True}, "must be a list"), (True, "must be a list"),
+    ([1], "must list strings"), (["tag,filter"], "not one parameter name"), ([""], "not one parameter name"),
+    (["prioirty"], "did you mean 'priority'"), (["proxyy*"], "no agent parameter"), (["none"], "no agent parameter"),
+])
+def test_allow_list_in_the_file_is_validated_at_load(tmp_path: Path, value: Any, error: str) -> None:
+    env = _operator_file(tmp_path, {"model_parameters": value})
+    with pytest.raises(ConfigError, match=error) as info:
+        settings_for_model("s3://b/m", {}, env=env)
+    assert info.value.key == "model_parameters" and env["TRITON_DRAGONFLY_CONFIG_PATH"] in str(info.value)
+    assert not isinstance(info.value, ParameterNotAllowedError)
+    # Checked even while the environment decides: a bad file is not left for later.
+    with pytest.raises(ConfigError, match=error):
+        settings_for_model("s3://b/m", {}, env={**env, "DFREPO_MODEL_PARAMETERS": "tag"})
+
+
+def test_allow_list_entries_that_name_parameters(tmp_path: Path) -> None:
+    ok = ["tag", "fallback", "fallback_direct", "concurrency", "cache", "dfrepo.agent", "header.X-Team", "header.*",
+          "piece_*", "*"]
+    env = _operator_file(tmp_path, {"model_parameters": ok})
+    assert settings_for_model("s3://b/m", {"concurrency": "3"}, env=env).transfer.concurrency == 3
+    with pytest.raises(ConfigError, match=r"\$DFREPO_MODEL_PARAMETERS.*did you mean 'priority'") as info:
+        settings_for_model("s3://b/m", {}, env={"DFREPO_ALLOW_DIRECT": "1", "DFREPO_MODEL_PARAMETERS": "tag,prioirty"})
+    assert info.value.key == "DFREPO_MODEL_PARAMETERS"
+
+
+def test_a_model_cannot_change_the_allow_list_or_the_config_path(tmp_path: Path) -> None:
+    """The allow-list and the file it may come from are the operator's: no config.pbtxt key
+    reaches them (they are no dfrepo setting, so they are ignored like any unknown key)."""
+    elsewhere = _operator_file(tmp_path, {"proxy": "http://attacker.example:4001", "model_parameters": ["*"]},
+                               name="evil.json")["TRITON_DRAGONFLY_CONFIG_PATH"]
+    env = _operator_file(tmp_path, {"proxy": "127.0.0.1:4001", "model_parameters": ["tag"]})
+    sneaky = {"model_parameters": "*", "dragonfly_config": elsewhere, "TRITON_DRAGONFLY_CONFIG_PATH": elsewhere,
+              "DFREPO_MODEL_PARAMETERS": "*", "dfrepo.model_parameters": "*"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DfrepoWarning)  # "... is not a dfrepo setting; ignored"
+        with pytest.raises(ParameterNotAllowedError) as info:
+            settings_for_model("s3://b/m", {**sneaky, "priority": "2"}, env=env)
+        assert info.value.key == "priority"
+        s = settings_for_model("s3://b/m", {**sneaky, "tag": "t"}, env=env)
+    assert s.dragonfly.proxy == "http://127.0.0.1:4001" and s.dragonfly.model_parameters == ("tag",)
+    # Even when the operator allows every parameter: still no parameter by that name.
+    everything = _operator_file(tmp_path, {"proxy": "127.0.0.1:4001", "model_parameters": ["*"]}, name="all.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DfrepoWarning)
+        s = settings_for_model("s3://b/m", {**sneaky, "tag": "t"}, env=everything)
+    assert s.dragonfly.proxy == "http://127.0.0.1:4001" and s.dragonfly.model_parameters == ("*",)
+    # The Python API and the Dragonfly overrides refuse the key outright.
+    from dfrepo.dragonfly import is_override_key, with_overrides
+    from dfrepo.triton.parameters import split_overrides
+
+    assert not is_override_key("model_parameters")
+    with pytest.raises(ConfigError, match="unknown Dragonfly override 'model_parameters'"):
+        with_overrides(s.dragonfly, {"model_parameters": ["tag"]})
+    with pytest.raises(ConfigError, match="unknown setting 'model_parameters'"):
+        split_overrides({"model_parameters": "*"})
 
 
 # -- 2. environment proxies for direct downloads (curl's rules) -----------------------------

@@ -4,7 +4,10 @@
 * poll mode, direct downloads (a ``{}`` config) through the environment's ``http_proxy``
   (a recording forward proxy on loopback): only the version the model's ``version_policy``
   selects is pulled, an unknown agent parameter is ignored, a model that sets ``proxy``
-  is refused, a changed object is fetched again on the next poll and nothing else is.
+  is refused, a changed object is fetched again on the next poll and nothing else is;
+* the allow-list in ``dragonfly_config.json`` (``"model_parameters"``): it narrows what a
+  model may set, ``$DFREPO_MODEL_PARAMETERS`` beats it, and a model cannot widen it (nor
+  point the agent at another config file) through its own parameters.
 """
 
 from __future__ import annotations
@@ -114,3 +117,41 @@ def test_poll_mode_versions_parameters_and_env_proxy(triton_server: Any, seaweed
                    if m == "GET" and p.endswith("?<presigned>") and "/op_versions/" in p]
         assert fetched == ["3/model.py"], after  # config.pbtxt and labels.txt: from dfrepo's cache
         assert [p for m, p in after if m == "GET" and p.endswith("?<presigned>") and "/op_static/" in p] == []
+
+
+def test_allow_list_in_dragonfly_config(triton_server: Any, seaweedfs: Any, agents: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    models.make_toy_model(src, "al_tag", add=1.0, agent="dragonfly", agent_params={"tag": "team-a"})
+    # priority is on the default list, not on this operator's.
+    models.make_toy_model(src, "al_priority", add=2.0, agent="dragonfly", agent_params={"priority": "2"})
+    evil = tmp_path / "evil.json"
+    evil.write_text(json.dumps({"model_parameters": ["*"]}))
+    models.make_toy_model(src, "al_sneaky", add=3.0, agent="dragonfly", agent_params={
+        "model_parameters": "*", "TRITON_DRAGONFLY_CONFIG_PATH": str(evil), "DFREPO_MODEL_PARAMETERS": "*",
+        "priority": "2"})
+    upload_tree_s3(seaweedfs, BUCKET, "allowlist", src)
+    cfg = tmp_path / "dragonfly_config.json"
+    cfg.write_text(json.dumps({"model_parameters": ["tag"]}))  # no proxy: direct, as the C++ agent
+    env = {**seaweedfs.triton_env(), "TRITON_DRAGONFLY_CONFIG_PATH": str(cfg), "DFREPO_CACHE": "off"}
+    server = triton_server(seaweedfs.s3_url(BUCKET, "allowlist"), repoagent_dir=str(agents), env=env)
+    assert server.load("al_tag")[0] == 200, server.log()[-4000:]
+    assert server.infer_fp32("al_tag", "INPUT0", X, "OUTPUT0") == [2.0, 3.0, 4.0, 5.0]
+    for refused in ("al_priority", "al_sneaky"):
+        status, _body = server.load(refused)
+        assert status != 200 and not server.is_ready(refused)
+    log = server.log()
+    assert log.count("agent parameter 'priority' may not be set by a model (operator allows: tag)") == 2, log[-4000:]
+    # al_sneaky's model_parameters / TRITON_DRAGONFLY_CONFIG_PATH / DFREPO_MODEL_PARAMETERS
+    # widened nothing: they are no dfrepo setting (warned about and ignored; the unit tests
+    # check the warning, the worker's stderr is not reliably in the log in time).
+    assert server.is_live()
+
+    # The environment beats the file; an unknown name in the file fails the LOAD, named.
+    server2 = triton_server(seaweedfs.s3_url(BUCKET, "allowlist"), repoagent_dir=str(agents),
+                            env={**env, "DFREPO_MODEL_PARAMETERS": "priority"})
+    assert server2.load("al_priority")[0] == 200, server2.log()[-4000:]
+    assert server2.load("al_tag")[0] != 200
+    cfg.write_text(json.dumps({"model_parameters": ["prioirty"]}))  # read again on every LOAD
+    assert server2.load("al_sneaky")[0] != 200  # (a loaded, unchanged model is not LOADed again)
+    log = server2.log()
+    assert f"{cfg}: model_parameters names 'prioirty'" in log and "did you mean 'priority'" in log, log[-4000:]

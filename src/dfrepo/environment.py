@@ -37,7 +37,8 @@ CACHE_SWITCH_ENV = "DFREPO_CACHE"
 #: from the origin" (no P2P). Unset (the default), the LOAD fails, as the C++ agent's does.
 ALLOW_DIRECT_ENV = "DFREPO_ALLOW_DIRECT"
 #: The Triton agent: which ``config.pbtxt`` agent parameters a model may set (comma list,
-#: ``header.*`` patterns, ``*`` = all, ``none``). Default: :data:`dfrepo.triton.parameters.DEFAULT_MODEL_PARAMETERS`.
+#: ``header.*`` patterns, ``*`` = all, ``none``). Beats ``"model_parameters"`` in
+#: ``dragonfly_config.json``; neither set: :data:`dfrepo.triton.parameters.DEFAULT_MODEL_PARAMETERS`.
 MODEL_PARAMETERS_ENV = "DFREPO_MODEL_PARAMETERS"
 #: Set by the agent's worker bootstrap: the operator's extra ``sys_path`` entries
 #: (``install_agent(sys_path=...)``), where Python agent classes may come from.

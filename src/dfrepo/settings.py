@@ -51,6 +51,8 @@ __all__ = [
     "allow_direct",
     "credential_file",
     "dragonfly_config_file",
+    "operator_dragonfly",
+    "require_peer",
     "resolve",
     "resolve_dragonfly",
     "resolve_location",
@@ -173,7 +175,29 @@ def resolve_dragonfly(
         return build_dragonfly_config(os.fspath(path), env=env, overrides=overrides, required=True)
     found = dragonfly_config_file(env, triton_defaults=triton_defaults)
     built = build_dragonfly_config(found, env=env, overrides=overrides, required=triton_defaults)
-    if triton_defaults and found is None and not built.enabled and not allow_direct(env):
+    if triton_defaults:
+        require_peer(found, built, env)
+    return built
+
+
+def operator_dragonfly(env: Mapping[str, str] | None = None) -> tuple[str | None, DragonflyConfig]:
+    """The Triton agent's ``dragonfly_config.json`` (its file rules, see
+    :func:`dragonfly_config_file`) and the environment's proxy, before any model's
+    parameter: ``(the file read, or None; the config)``. The file is read once; a model's
+    overrides go on top with :func:`~dfrepo.dragonfly.with_overrides`, then
+    :func:`require_peer`."""
+    env = os.environ if env is None else env
+    found = dragonfly_config_file(env, triton_defaults=True)
+    return found, build_dragonfly_config(found, env=env, required=True)
+
+
+def require_peer(found: str | None, config: DragonflyConfig, env: Mapping[str, str]) -> None:
+    """The Triton agent's rule: without a ``dragonfly_config.json`` (*found* None) and a
+    proxy, no download unless ``$DFREPO_ALLOW_DIRECT`` is on.
+
+    :raises DragonflyConfigMissingError: no file, no peer, direct downloads not allowed.
+    """
+    if found is None and not config.enabled and not allow_direct(env):
         raise DragonflyConfigMissingError(
             f"no Dragonfly config: {DEFAULT_DRAGONFLY_CONFIG_PATH} does not exist and "
             f"${DRAGONFLY_CONFIG_PATH_ENV} is not set, so there is no peer to download through; "
@@ -181,7 +205,6 @@ def resolve_dragonfly(
             f"Mount the file (its \"proxy\" is the peer; {{}} means direct, as the C++ agent), "
             f"set ${DRAGONFLY_CONFIG_PATH_ENV}, or set {ALLOW_DIRECT_ENV}=1 to allow direct downloads",
             source=DEFAULT_DRAGONFLY_CONFIG_PATH, key=DRAGONFLY_CONFIG_PATH_ENV)
-    return built
 
 
 def allow_direct(env: Mapping[str, str]) -> bool:

@@ -38,8 +38,10 @@ keeps the data alive.  Cached files are made read-only (this changes the mode of
 linked copies too) so an in-place write in a model directory cannot corrupt the cache.
 
 An unusable root (read-only, a foreign or missing ``$HOME``, a random UID) does not fail
-a pull: :func:`open_cache` (what the settings and the Triton agent use) warns once with a
-:class:`~dfrepo.errors.DfrepoWarning` and the pull goes on without the cache.  The
+a pull: :func:`open_cache` (what the settings, the Triton agent and ``dfrepo pull`` use)
+warns once with a :class:`~dfrepo.errors.DfrepoWarning` and the pull goes on without the
+cache.  A root the caller names for one pull (``ModelCache(root)``, ``dfrepo pull
+--cache-dir``) is not second-guessed: unusable, it raises :class:`~dfrepo.errors.CacheError`.  The
 ``lock`` file is created 0o644 and only ever opened read-only (see
 :data:`.directory.LOCK_MODE`); every file descriptor the cache opens is close-on-exec.
 

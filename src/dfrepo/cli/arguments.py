@@ -85,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fallback", action="store_true",
                    help="fail (exit 6) instead of downloading directly when the proxy is unreachable")
     p.add_argument("--no-cache", action="store_true", help="do not use the persistent cache")
-    p.add_argument("--cache-dir", metavar="DIR", help="persistent cache directory (default: $DFREPO_CACHE_DIR, "
-                   "$XDG_CACHE_HOME/dfrepo, ~/.cache/dfrepo)")
+    p.add_argument("--cache-dir", metavar="DIR", help="persistent cache directory; unusable = error (default: "
+                   "$DFREPO_CACHE_DIR, $XDG_CACHE_HOME/dfrepo, ~/.cache/dfrepo; unusable = a warning, no cache)")
     p.add_argument("--expiry", type=positive_int, metavar="SECONDS", help="lifetime of presigned URLs")
     p.add_argument("--tag", help="X-Dragonfly-Tag (the object version is appended)")
     p.add_argument("--transport", choices=("proxy", "grpc", "auto"),

@@ -17,27 +17,42 @@ __all__ = ["main"]
 
 
 class _ScrubFilter(logging.Filter):
+    """Scrubs every record the handler prints and remembers it (see :func:`_warning_printer`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.printed: list[str] = []
+
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = scrub(record.getMessage())
         record.args = None
+        self.printed.append(record.msg)
         return True
 
 
-def _log_handler(verbosity: int, quiet: bool) -> logging.Handler:
+def _log_handler(verbosity: int, quiet: bool, scrubber: _ScrubFilter) -> logging.Handler:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    handler.addFilter(_ScrubFilter())
+    handler.addFilter(scrubber)
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbosity, 2)]
     handler.setLevel(level)
     return handler
 
 
-def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                  file: TextIO | None = None, line: str | None = None) -> None:
-    text = scrub(str(message))
-    if not text.startswith("dfrepo:"):
-        text = f"dfrepo: warning: {text}"
-    print(text, file=sys.stderr)
+def _warning_printer(logged: list[str]) -> Callable[..., None]:
+    """``warnings.showwarning`` for the CLI: one scrubbed line on stderr, none when the same
+    message was already printed as a log line (e.g. an unusable cache is logged and warned)."""
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: TextIO | None = None, line: str | None = None) -> None:
+        text = scrub(str(message))
+        if text and any(text in printed for printed in logged):
+            return
+        if not text.startswith("dfrepo:"):
+            text = f"dfrepo: warning: {text}"
+        print(text, file=sys.stderr)
+
+    return show
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,14 +64,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     out = Out(json_mode=bool(getattr(args, "json", False)), quiet=bool(getattr(args, "quiet", False)))
     logger = logging.getLogger("dfrepo")
-    handler = _log_handler(args.verbose, out.quiet)
+    scrubber = _ScrubFilter()
+    handler = _log_handler(args.verbose, out.quiet, scrubber)
     old_level = logger.level
     logger.addHandler(handler)
     logger.setLevel(min(handler.level, logger.getEffectiveLevel()))
     func: Callable[[argparse.Namespace, Out], int] = args.func
     try:
         with warnings.catch_warnings():
-            warnings.showwarning = _show_warning
+            warnings.showwarning = _warning_printer(scrubber.printed)
             return func(args, out)
     except BrokenPipeError:
         _silence_stdout()

@@ -17,9 +17,9 @@ from urllib.parse import unquote, urlsplit
 from .._progress import format_bytes, format_rate, make_progress
 from ..dragonfly import DragonflyConfig
 from ..engine import ProgressCallback, TransferConfig
-from ..errors import ConfigError
+from ..errors import CacheError, ConfigError
 from ..redact import redact_url
-from ..settings import PullSettings, credential_file, resolve, resolve_dragonfly, resolve_location
+from ..settings import ObjectCache, PullSettings, credential_file, resolve, resolve_dragonfly, resolve_location
 from .output import EXIT_OK, Out
 
 __all__ = ["cmd_ls", "cmd_pull", "summary_line"]
@@ -49,17 +49,38 @@ def _transfer_overrides(args: argparse.Namespace) -> dict[str, object]:
     return overrides
 
 
+def _cache(args: argparse.Namespace) -> ObjectCache | None:
+    """The persistent cache of ``dfrepo pull``.
+
+    ``--no-cache``: none. ``--cache-dir DIR``: that directory, and an unusable one is a
+    :class:`~dfrepo.errors.CacheError` (exit 1): the user named it for this command.
+    Otherwise the default directory (``$DFREPO_CACHE_DIR``, ``$XDG_CACHE_HOME/dfrepo``,
+    ``~/.cache/dfrepo``), and an unusable one (read-only, a foreign or missing ``$HOME``, a
+    random UID) is one warning and a pull without the cache, as in the Python API and the
+    Triton agent (:func:`dfrepo.cache.open_cache`).
+    """
+    from ..cache import ModelCache, open_cache
+
+    if args.no_cache:
+        return None
+    if args.cache_dir is None:
+        return open_cache()
+    try:
+        return ModelCache(args.cache_dir)
+    except CacheError as exc:
+        raise CacheError(f"{exc} (named by --cache-dir: give a writable directory, or --no-cache to pull "
+                         f"without the cache)", path=getattr(exc, "path", None)) from None
+
+
 def settings_from_args(args: argparse.Namespace) -> PullSettings:
     """The settings of ``dfrepo pull LOCATION DEST`` (a model directory)."""
-    from ..cache import ModelCache
-
     return resolve(
         args.location,
         credential_path=args.credentials,
         dragonfly_config=args.dragonfly_config,
         dragonfly_overrides=_dragonfly_overrides(args),
         transfer_overrides=_transfer_overrides(args),
-        cache=None if args.no_cache else ModelCache(args.cache_dir),
+        cache=_cache(args),
         expiry=args.expiry,
     )
 

@@ -20,6 +20,9 @@ Defaults and why:
   URLs); a given filter is *added* to that list (see :mod:`dfrepo.dragonfly.headers`).
 * ``filter_dialects = ("rust", "go")``: send the filter both as
   ``X-Dragonfly-Filtered-Query-Params`` (Rust dfdaemon) and ``X-Dragonfly-Filter`` (Go).
+* ``model_parameters = None``: the file does not say which agent parameters a model's
+  ``config.pbtxt`` may set (the Triton agent's allow-list; see
+  :mod:`dfrepo.triton.parameters`). The operator's alone: never an override.
 """
 
 from __future__ import annotations
@@ -93,6 +96,11 @@ class DragonflyConfig:
     :param peer_ranges: through the peer, fetch a file as piece-aligned range GETs of
         > 4 MiB (True) or as one GET (False; dfdaemon fetches the pieces in parallel itself
         and the scheduler sees one peer per file per node). See :mod:`dfrepo.engine.plan`.
+    :param model_parameters: the Triton agent's allow-list from ``dragonfly_config.json``:
+        the agent parameters (names or ``fnmatch`` patterns, ``()`` = none) a model's
+        ``config.pbtxt`` may set; None = not set (``$DFREPO_MODEL_PARAMETERS`` or the
+        default decide). Not a Dragonfly request setting, and never an override: only the
+        operator's file sets it (:func:`dfrepo.triton.parameters.allowed_model_parameters`).
     """
 
     proxy: str | None = None
@@ -109,6 +117,7 @@ class DragonflyConfig:
     peer_ranges: bool = False
     transport: str = "proxy"
     socket: str = "/var/run/dragonfly/dfdaemon.sock"
+    model_parameters: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -146,7 +155,7 @@ class DragonflyConfig:
             f"priority={self.priority!r}, piece_length={self.piece_length!r}, use_p2p={self.use_p2p!r}, "
             f"fallback_direct={self.fallback_direct!r}, version_in_task_id={self.version_in_task_id!r}, "
             f"filter_dialects={self.filter_dialects!r}, peer_ranges={self.peer_ranges!r}, "
-            f"transport={self.transport!r}, socket={self.socket!r})"
+            f"transport={self.transport!r}, socket={self.socket!r}, model_parameters={self.model_parameters!r})"
         )
 
 

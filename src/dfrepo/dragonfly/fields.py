@@ -213,6 +213,29 @@ def _dialects(value: Any, where: str | None, key: str = "filter_dialects", loose
     return tuple(n.lower() for n in names)
 
 
+def _model_parameters(value: Any, where: str | None, key: str = "model_parameters",
+                      loose: bool = False) -> tuple[str, ...] | None:
+    """The operator's allow-list of agent parameters a model may set: a JSON list of names
+    or ``fnmatch`` patterns (``[]`` = none); None = not given. Only the list's shape is
+    checked here; the names are checked by :mod:`dfrepo.triton.parameters`, which knows
+    every parameter. Never a string (not even from the constructor): ``"tag,filter"``
+    would read as one name."""
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)):
+        raise setting_error(where, key, f'must be a list of agent parameter names such as ["tag", "header.*"] '
+                                        f"([] allows none), not {type_name(value)}")
+    out: dict[str, None] = {}
+    for entry in value:
+        if not isinstance(entry, str):
+            raise setting_error(where, key, f"must list strings, not {type_name(entry)}")
+        name = entry.strip()
+        if not name or _BAD_VALUE.search(name) or "," in name:
+            raise setting_error(where, key, f"has an entry that is not one parameter name: {entry[:80]!r}")
+        out[name] = None
+    return tuple(out)
+
+
 def parse_headers(value: Any, where: str | None, key: str = "header", loose: bool = False) -> dict[str, str]:
     """A mapping of extra header names to values, each checked by :func:`check_header`."""
     if value is None:
@@ -267,4 +290,5 @@ PARSERS: dict[str, Callable[[Any, str | None, str, bool], Any]] = {
     "peer_ranges": _bool,
     "transport": _transport,
     "socket": _socket,
+    "model_parameters": _model_parameters,
 }

@@ -10,9 +10,14 @@ The file is compatible with the existing Triton Dragonfly repository agent
 
 plus dfrepo's own keys (``tag``, ``application``, ``priority``, ``piece_length``,
 ``use_p2p``, ``fallback_direct``, ``version_in_task_id``, ``filter_dialects``,
-``peer_ranges``, ``transport``, ``socket``).  Every key is optional.  Unknown keys give a
-:class:`~dfrepo.errors.DfrepoWarning`; malformed JSON and wrong types give a
+``peer_ranges``, ``transport``, ``socket``, and the Triton agent's ``model_parameters``).
+Every key is optional.  Unknown keys give a :class:`~dfrepo.errors.DfrepoWarning`
+(the C++ agent reads only ``proxy``, ``header`` and ``filter`` and ignores the rest, so
+one file serves both); malformed JSON and wrong types give a
 :class:`~dfrepo.errors.ConfigError` naming the file and key.
+
+``model_parameters`` (:data:`OPERATOR_KEYS`) is the operator's alone: it is not an
+override key, so neither a CLI flag nor a model's ``config.pbtxt`` can set it.
 
 Where the file is: the ``path`` argument, else ``$TRITON_DRAGONFLY_CONFIG_PATH``, else
 ``/home/triton/dragonfly_config.json`` (the agent's defaults, :mod:`dfrepo.environment`).
@@ -38,6 +43,7 @@ __all__ = [
     "CONFIG_PATH_ENV",
     "DEFAULT_CONFIG_PATH",
     "MAX_CONFIG_BYTES",
+    "OPERATOR_KEYS",
     "OVERRIDE_KEYS",
     "PROXY_ENV_VARS",
     "build_dragonfly_config",
@@ -69,9 +75,12 @@ _FILE_KEYS = (
     "peer_ranges",
     "transport",
     "socket",
+    "model_parameters",
 )
+#: Keys only the file sets (the Triton agent's allow-list of model parameters): no override.
+OPERATOR_KEYS = frozenset({"model_parameters"})
 #: Override keys (besides ``header.<Name>``); ``fallback`` is short for ``fallback_direct``.
-OVERRIDE_KEYS = frozenset(_FILE_KEYS) - {"header"} | {"fallback", "headers"}
+OVERRIDE_KEYS = frozenset(_FILE_KEYS) - {"header"} - OPERATOR_KEYS | {"fallback", "headers"}
 
 
 def default_config_path(env: Mapping[str, str] = os.environ) -> str:

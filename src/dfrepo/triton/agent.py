@@ -173,7 +173,8 @@ def _check_operator_provided(spec: str, module_name: str, env: Mapping[str, str]
     raise ParameterNotAllowedError(
         f"agent parameter {AGENT_PARAMETER}={spec!r}: {module_name!r} is not in a directory the operator "
         f"gave the agent (install_agent(sys_path=...)); allow any installed module with "
-        f"{MODEL_PARAMETERS_ENV}=...,{AGENT_PARAMETER}", source="config.pbtxt", key=AGENT_PARAMETER)
+        f"{MODEL_PARAMETERS_ENV}=...,{AGENT_PARAMETER} or \"model_parameters\": [..., \"{AGENT_PARAMETER}\"] "
+        f"in dragonfly_config.json", source="config.pbtxt", key=AGENT_PARAMETER)
 
 
 def resolve_agent_class(parameters: Mapping[str, str],
@@ -184,7 +185,8 @@ def resolve_agent_class(parameters: Mapping[str, str],
     ``"python"``). ``config.pbtxt`` lives in the bucket, so a model may only name a class
     the operator provided: one in a directory given to ``install_agent(sys_path=...)``
     (``$DFREPO_AGENT_PATHS`` in the worker), or anything when the operator allows the
-    ``dfrepo.agent`` parameter (``$DFREPO_MODEL_PARAMETERS``). The check runs before the
+    ``dfrepo.agent`` parameter (``$DFREPO_MODEL_PARAMETERS``, or ``"model_parameters"`` in
+    ``dragonfly_config.json``). The check runs before the
     module is imported, so a refused module never executes.
 
     :raises ParameterNotAllowedError: a module outside the operator's directories.
