@@ -15,6 +15,15 @@ large object. (The smoke sizes last about a second, which the ramp-up of the ada
 limit dominates; their ratios are reported, not asserted. The single stream runs only at
 the full scale — at the smoke scale the ratio is taken against the origin's per-connection
 rate, which no single stream can exceed.)
+
+Scenario "fill the link, with latency" — the same origin with a time-to-first-byte added to
+every request: a delaying proxy (tests/servers/latency_proxy, Go, built at test time) in front
+of the rate-limited nginx, 30 ms per request (a same-region S3/GCS GET's first byte takes tens
+of milliseconds). The client sees both: each of its connections is one nginx connection at the
+fixed rate, and each request waits 30 ms before its first byte. Same clients, same claims; the
+many-file model (full 1000 × 1 MiB: 1000+ requests) is where request count and concurrency
+matter most. Smoke sizes are smaller (128 MiB, 32 of the files) to keep the smoke run short.
+The proxy's CPU is measured per run (it must not be the bottleneck: < half a core, asserted).
 """
 
 from __future__ import annotations
@@ -33,6 +42,32 @@ pytestmark = [pytest.mark.smoke, pytest.mark.servers]
 RATE = {"smoke": "24m", "full": "24m"}
 SIZES = {"smoke": {"large": 384 * H.MiB, "count": 200, "size": 1 * H.MiB},
          "full": {"large": 2 * H.GiB, "count": 1000, "size": 1 * H.MiB}}
+#: Time to first byte the latency proxy adds to every request (ms).
+DELAY_MS = 30.0
+#: The latency scenario's workloads: the large object's size (the link one when equal) and how
+#: many of the link files make the model.
+LATENCY_SIZES = {"smoke": {"large": 128 * H.MiB, "count": 32},
+                 "full": {"large": 2 * H.GiB, "count": 1000}}
+
+
+def _s3_client(seaweedfs: Any, endpoint: str) -> Any:
+    """The SeaweedFS credentials, addressed through *endpoint* (signatures use its host)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.session.Session().client(
+        "s3", endpoint_url=endpoint, aws_access_key_id=seaweedfs.access_key,
+        aws_secret_access_key=seaweedfs.secret_key, region_name=seaweedfs.region,
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}, proxies={}))
+
+
+def _origin(name: str, endpoint: str, seaweedfs: Any, bucket: str, description: str, title: str,
+            **extra: Any) -> dict[str, Any]:
+    """What ``_run`` needs of one origin: its endpoint, a client and S3 spec for it, its words
+    (*description* for the notes, *title* for the charts) and the objects (``large``, ``many``)."""
+    return {"name": name, "endpoint": endpoint, "client": _s3_client(seaweedfs, endpoint), "bucket": bucket,
+            "seaweedfs": seaweedfs, "s3": {**H.s3_spec(seaweedfs, bucket), "endpoint": endpoint},
+            "origin": description, "title": title, **extra}
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +80,7 @@ def link(seaweedfs, bench_bucket, tmpfs_dir, tmp_path_factory):
     src = tmpfs_dir / "link-src"
     src.mkdir(parents=True, exist_ok=True)
     large = src / "large.bin"
-    large_md5 = H.write_source(large, sizes["large"], seed=21)
+    H.write_source(large, sizes["large"], seed=21)
     client.upload_file(str(large), bucket, "link/large.bin")
     many = []
     for i in range(sizes["count"]):
@@ -53,25 +88,44 @@ def link(seaweedfs, bench_bucket, tmpfs_dir, tmp_path_factory):
         p.parent.mkdir(exist_ok=True)
         H.write_source(p, sizes["size"], seed=3000 + i)
         client.upload_file(str(p), bucket, f"link/many/{p.name}")
-        many.append(p)
+        many.append(("link/many/" + p.name, p))
     upstream = seaweedfs.direct_endpoint.split("://", 1)[1]
     proxy = start_nginx(tmp_path_factory.mktemp("link-nginx"), upstream=upstream,
                         limit_rate=RATE[H.scale_name()])
+    rate = RATE[H.scale_name()]
     try:
-        # The same client, addressed through the rate-limited endpoint (signatures use its host).
-        import boto3
-        from botocore.config import Config
-
-        limited = boto3.session.Session().client(
-            "s3", endpoint_url=proxy.base_url, aws_access_key_id=seaweedfs.access_key,
-            aws_secret_access_key=seaweedfs.secret_key, region_name=seaweedfs.region,
-            config=Config(signature_version="s3v4", s3={"addressing_style": "path"}, proxies={}))
-        yield {"proxy": proxy, "client": limited, "bucket": bucket, "large": large, "large_md5": large_md5,
-               "many": many, "sizes": sizes,
-               "s3": {**H.s3_spec(seaweedfs, bucket), "endpoint": proxy.base_url}}
+        yield _origin("link", proxy.base_url, seaweedfs, bucket,
+                      f"SeaweedFS behind nginx, limit_rate {rate} (= {_rate_bytes() / 1e6:.1f} MB/s) per connection",
+                      f"Rate-limited origin ({rate}/connection)",
+                      large=("link/large.bin", large), many=many, proxy=proxy, nginx=proxy, src=src)
     finally:
         proxy.stop()
         shutil.rmtree(src, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def latency(link, bench_bucket, tmp_path_factory):
+    """The link origin behind the delaying proxy: DELAY_MS before every request's first byte."""
+    from servers.latency import start_latency_proxy
+
+    sizes = LATENCY_SIZES[H.scale_name()]
+    large = link["large"]
+    if sizes["large"] != large[1].stat().st_size:  # smoke: a smaller object of its own
+        path = link["src"] / "large-latency.bin"
+        H.write_source(path, sizes["large"], seed=22)
+        bench_bucket[0].upload_file(str(path), link["bucket"], "link/large-latency.bin")
+        large = ("link/large-latency.bin", path)
+    nginx = link["proxy"]
+    proxy = start_latency_proxy(tmp_path_factory.mktemp("link-latency"), f"{nginx.host}:{nginx.port}",
+                                delay_ms=DELAY_MS)
+    try:
+        yield _origin("link_latency", proxy.base_url, link["seaweedfs"], link["bucket"],
+                      f"{link['origin']}, behind a proxy adding {DELAY_MS:g} ms to every request's first byte "
+                      "(tests/servers/latency_proxy)",
+                      f"Rate-limited origin ({RATE[H.scale_name()]}/connection) + {DELAY_MS:g} ms/request",
+                      large=large, many=link["many"][:sizes["count"]], nginx=nginx, latency_proxy=proxy)
+    finally:
+        proxy.stop()
 
 
 def _rate_bytes() -> int:
@@ -110,19 +164,24 @@ def _targets(table: dict[str, dict[str, Any]], *, single: bool) -> tuple[list[st
     return notes, facts
 
 
-def _run(kind: str, link: dict[str, Any], tmpfs_dir: Path, sc: dict[str, Any]) -> None:
+def _run(kind: str, origin: dict[str, Any], tmpfs_dir: Path, sc: dict[str, Any]) -> None:
+    """One workload (``large`` or ``many``) from one origin (the ``link`` or ``latency`` fixture)."""
+    import statistics
+
     many = kind == "many"
-    client, bucket = link["client"], link["bucket"]
-    if many:
-        objs = [(f"link/many/{p.name}", p) for p in link["many"]]
-    else:
-        objs = [("link/large.bin", link["large"])]
+    scenario = f"{origin['name']}_{kind}"
+    client, bucket, nginx = origin["client"], origin["bucket"], origin["nginx"]
+    lat = origin.get("latency_proxy")
+    objs = origin["many"] if many else [origin["large"]]
     sizes = {key: p.stat().st_size for key, p in objs}
     total = sum(sizes.values())
     # Presigned once, outside the timing (every URL client gets the same ones).
     urls = {key: H.presign(client, bucket, key) for key, _ in objs}
-    specs = _clients([], link["s3"], many)
-    dest_root, work = tmpfs_dir / f"link-dest-{kind}", tmpfs_dir / f"link-work-{kind}"
+    specs = _clients([], origin["s3"], many)
+    dest_root, work = tmpfs_dir / f"{scenario}-dest", tmpfs_dir / f"{scenario}-work"
+    requests: dict[str, list[int]] = {n: [] for n in specs}  # requests nginx served, per measured run
+    proxy_cpu: dict[str, list[float]] = {n: [] for n in specs}  # the latency proxy's CPU-s, per run
+    proxy_cores: dict[str, list[float]] = {n: [] for n in specs}  # ... ÷ the client's transfer time
 
     def one(name: str, measured: bool) -> H.Run:
         dest = dest_root / name
@@ -135,7 +194,14 @@ def _run(kind: str, link: dict[str, Any], tmpfs_dir: Path, sc: dict[str, Any]) -
             item["key" if specs[name].get("_keys") else "url"] = key if specs[name].get("_keys") else urls[key]
             items.append(item)
         spec["files"] = items
+        nginx.clear_log()
+        cpu0 = lat.cpu_seconds() if lat else 0.0
         run = H.run_client(name, spec, work, sc["timeout"])
+        if measured:
+            requests[name].append(len(nginx.access_entries()))
+            if lat:
+                proxy_cpu[name].append(lat.cpu_seconds() - cpu0)
+                proxy_cores[name].append(proxy_cpu[name][-1] / run.seconds)
         step = 1 if sc["full_verify"] or not many else 10
         ok = all(Path(it["dest"]).stat().st_size == sizes[key] for it, (key, _) in zip(items, objs, strict=True))
         ok = ok and all(H.same_bytes(Path(items[i]["dest"]), objs[i][1], full=sc["full_verify"] or many)
@@ -145,28 +211,44 @@ def _run(kind: str, link: dict[str, Any], tmpfs_dir: Path, sc: dict[str, Any]) -
         assert ok, f"{name}: output differs from the source"
         return run
 
-    rounds = H.run_rounds(list(specs), one, sc, label=f"link_{kind}")
+    rounds = H.run_rounds(list(specs), one, sc, label=scenario)
     table = H.summarize(rounds, total, list(specs))
     H.add_ratios(table, "dfrepo")
-    notes = [(f"origin: SeaweedFS behind nginx, limit_rate {RATE[H.scale_name()]} (= {_rate_bytes() / 1e6:.1f} MB/s) "
-              f"per connection; {f'{len(objs)} files × {H.human(total // len(objs))}' if many else H.human(total)}"
+    for name, row in table.items():
+        row["origin_requests"] = statistics.median_low(requests[name])
+        if lat:
+            row["proxy_cpu_s_per_gib"] = statistics.median(proxy_cpu[name]) / (total / H.GiB)
+            row["proxy_cores_max"] = max(proxy_cores[name])
+    notes = [(f"origin: {origin['origin']}; "
+              f"{f'{len(objs)} files × {H.human(total // len(objs))}' if many else H.human(total)}"
               " → tmpfs; dfrepo = default settings (adaptive concurrency), dfrepo-fixed4 = the previous fixed 4; "
               "hf_transfer with huggingface_hub's 100 connections; boto3 classic default TransferConfig "
-              "(10 threads); awscrt 10 Gbps target, 8 MiB parts")]
+              "(10 threads); awscrt 10 Gbps target, 8 MiB parts; requests = what nginx served per run (median)")]
     target_notes, facts = _targets(table, single=not many)
     notes += target_notes
     md = H.client_table(table)
-    chart = H.bar_chart(H.results_dir() / f"link_{kind}.png",
-                        f"Rate-limited origin ({RATE[H.scale_name()]}/connection): "
-                        f"{'many files' if many else H.human(total)} (GiB/s, median)",
+    extra_cols = ["client", "requests to the origin (median)"]
+    if lat:
+        facts["proxy_cores_max"] = max(r["proxy_cores_max"] for r in table.values())
+        notes.append(H.target("latency proxy CPU, cores busy (max over runs)", facts["proxy_cores_max"], 0.5,
+                              higher_is_better=False))
+        extra_cols += ["latency proxy CPU-s/GiB", "latency proxy cores (max)"]
+    md += "\n\n" + H.markdown_table(extra_cols, [
+        [n, r["origin_requests"], *([r["proxy_cpu_s_per_gib"], r["proxy_cores_max"]] if lat else [])]
+        for n, r in table.items()])
+    chart = H.bar_chart(H.results_dir() / f"{scenario}.png",
+                        f"{origin['title']}: {'many files' if many else H.human(total)} (GiB/s, median)",
                         list(table), [r["gibps_median"] for r in table.values()], "GiB/s",
                         highlight=[list(table).index("dfrepo")])
-    H.write_result(f"link_{kind}", {"workload": {"kind": kind, "bytes": total, "files": len(objs),
-                                                 "rate_per_connection": RATE[H.scale_name()]},
-                                    "clients": table, "rounds": H.rounds_json(rounds), "notes": notes,
-                                    "facts": facts, "charts": [str(chart)] if chart else []}, md)
+    workload = {"kind": kind, "bytes": total, "files": len(objs), "rate_per_connection": RATE[H.scale_name()]}
+    if lat:
+        workload["delay_ms_per_request"] = DELAY_MS
+    H.write_result(scenario, {"workload": workload, "clients": table, "rounds": H.rounds_json(rounds),
+                              "notes": notes, "facts": facts, "charts": [str(chart)] if chart else []}, md)
     assert all(r["verified"] for r in table.values())
     assert facts["rss"] <= 64, notes
+    if lat:
+        assert facts["proxy_cores_max"] < 0.5, notes  # the proxy is not what limits anyone
     if H.scale_name() == "full":
         assert facts["of_best"] >= 0.9, notes
         if not many:
@@ -179,6 +261,14 @@ def test_link_large(link, tmpfs_dir, bench_scale) -> None:
 
 def test_link_many(link, tmpfs_dir, bench_scale) -> None:
     _run("many", link, tmpfs_dir, bench_scale)
+
+
+def test_link_latency_large(latency, tmpfs_dir, bench_scale) -> None:
+    _run("large", latency, tmpfs_dir, bench_scale)
+
+
+def test_link_latency_many(latency, tmpfs_dir, bench_scale) -> None:
+    _run("many", latency, tmpfs_dir, bench_scale)
 
 
 TRITON_SIZES = {"smoke": 64 * H.MiB, "full": 2 * H.GiB}

@@ -3,7 +3,7 @@
 A developer running plain ``pytest`` on a machine without (say) nginx gets a *skip* with the
 reason. ``scripts/test.sh`` sets ``DFREPO_REQUIRE_SERVERS=1``: there every real server and tool
 (SeaweedFS, moto, Azurite, fake-gcs-server, nginx, tritonserver, the Dragonfly binaries, gcc,
-openssl) is required, and a missing one *fails* the test, so the suite cannot pass on nothing.
+openssl, Go for the latency proxy) is required, and a missing one *fails* the test, so the suite cannot pass on nothing.
 """
 
 from __future__ import annotations
