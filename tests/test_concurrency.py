@@ -7,6 +7,7 @@ threads: every assertion is about the rule in :mod:`dfrepo.engine.concurrency`.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -217,3 +218,27 @@ def test_never_above_the_ceiling(maximum: int) -> None:
 def test_memory_bound_is_the_ceiling_times_the_buffer() -> None:
     cfg = TransferConfig()
     assert cfg.max_workers * cfg.buffer_size <= 32 * 1024 * 1024
+
+
+class _CountingCondition(threading.Condition):
+    def __init__(self) -> None:
+        super().__init__()
+        self.broadcasts = 0
+
+    def notify_all(self) -> None:
+        self.broadcasts += 1
+        super().notify_all()
+
+
+def test_a_finished_task_does_not_wake_every_idle_thread() -> None:
+    """The thread that finished a task takes the next one itself; waking all idle threads
+    after every task (a thundering herd per 1 MiB file) is left for the batch's end."""
+    limit = AdaptiveLimit(8, 8, adaptive=False)
+    ran: list[int] = []
+    sched = Scheduler([(i, None) for i in range(500)], limit,  # type: ignore[misc]
+                      lambda task: ran.append(task[0]))  # type: ignore[arg-type]
+    cond = _CountingCondition()
+    sched._cond = cond
+    sched.run_all()
+    assert sorted(ran) == list(range(500))
+    assert cond.broadcasts <= 2 * 8, cond.broadcasts  # bounded by the threads (at the end), not the tasks

@@ -128,8 +128,12 @@ def md5_of_fd(fd: int, size: int) -> str:
 
 
 @functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=64)
 def filesystem_type(st_dev: int) -> str:
-    """The file system type of a device number, from /proc/self/mountinfo ("" if unknown)."""
+    """The file system type of a device number, from /proc/self/mountinfo ("" if unknown).
+
+    Cached per device: a model of 1000 files asks once, not 1000 times (a device number
+    names one mounted file system for as long as it is mounted)."""
     want = f"{os.major(st_dev)}:{os.minor(st_dev)}"
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:

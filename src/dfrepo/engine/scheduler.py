@@ -82,7 +82,11 @@ class Scheduler:
     def _done(self) -> None:
         with self._cond:
             self._active -= 1
-            self._cond.notify_all()
+            # The thread that finished takes the next task itself (it goes on to _next), so
+            # waking the others is only needed when the batch is over: waking every idle
+            # thread after every task would cost a thundering herd per 1 MiB file.
+            if not self._tasks and self._active == 0:
+                self._cond.notify_all()
 
     def push(self, job: FileJob, tasks: list[Task]) -> None:
         """Queue more tasks of *job* (counted in its ``pending``)."""
