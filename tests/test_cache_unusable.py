@@ -81,6 +81,23 @@ def _unprivileged(root: Path, env: dict[str, str], argv: list[str]) -> subproces
     return subprocess.run(argv, env=base, capture_output=True, text=True, timeout=120, cwd=str(root))
 
 
+def _read_only_dir(root: Path) -> Path:
+    ro = root / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    return ro
+
+
+def _foreign_home(root: Path) -> Path:
+    """Another UID's home, 0o755: ``~/.cache`` cannot be created in it."""
+    home = root / "home"
+    home.mkdir()
+    home.chmod(0o755)
+    if os.geteuid() == 0:
+        os.chown(home, RANDOM_UID, RANDOM_UID)
+    return home
+
+
 def _run_child(root: Path, env: dict[str, str]) -> dict[str, Any]:
     proc = _unprivileged(root, env, [sys.executable, "-c", _CHILD, str(root / "src"), str(root / "out")])
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -95,18 +112,12 @@ def _run_child(root: Path, env: dict[str, str]) -> dict[str, Any]:
 
 
 def test_read_only_cache_dir_does_not_fail_the_pull(shared_tmp: Path) -> None:
-    ro = shared_tmp / "ro"
-    ro.mkdir()
-    ro.chmod(0o555)
+    ro = _read_only_dir(shared_tmp)
     _run_child(shared_tmp, {"HOME": str(shared_tmp), "DFREPO_CACHE_DIR": str(ro / "cache")})
 
 
 def test_foreign_home_does_not_fail_the_pull(shared_tmp: Path) -> None:
-    home = shared_tmp / "home"  # another UID's, 0o755: ~/.cache cannot be created
-    home.mkdir()
-    home.chmod(0o755)
-    if os.geteuid() == 0:
-        os.chown(home, RANDOM_UID, RANDOM_UID)
+    home = _foreign_home(shared_tmp)
     res = _run_child(shared_tmp, {"HOME": str(home)})
     assert str(home) in res["warnings"][0]
 
@@ -149,9 +160,7 @@ def _cli_pulled_uncached(root: Path, proc: subprocess.CompletedProcess[str], nam
 
 
 def test_cli_read_only_cache_dir_does_not_fail_the_pull(shared_tmp: Path) -> None:
-    ro = shared_tmp / "ro"
-    ro.mkdir()
-    ro.chmod(0o555)
+    ro = _read_only_dir(shared_tmp)
     proc = _run_cli(shared_tmp, {"HOME": str(shared_tmp), "DFREPO_CACHE_DIR": str(ro / "cache")})
     line = _cli_pulled_uncached(shared_tmp, proc)
     assert str(ro / "cache") in line and "DFREPO_CACHE_DIR" in line
@@ -164,11 +173,7 @@ def test_cli_read_only_cache_dir_does_not_fail_the_pull(shared_tmp: Path) -> Non
 
 
 def test_cli_foreign_home_does_not_fail_the_pull(shared_tmp: Path) -> None:
-    home = shared_tmp / "home"  # another UID's, 0o755: ~/.cache cannot be created
-    home.mkdir()
-    home.chmod(0o755)
-    if os.geteuid() == 0:
-        os.chown(home, RANDOM_UID, RANDOM_UID)
+    home = _foreign_home(shared_tmp)
     line = _cli_pulled_uncached(shared_tmp, _run_cli(shared_tmp, {"HOME": str(home)}))
     assert str(home) in line
 
@@ -177,7 +182,7 @@ def test_cli_no_home_at_all_does_not_fail_the_pull(tmp_path: Path, monkeypatch: 
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     import pwd
 
-    from dfrepo.cache import model_cache
+    from dfrepo import errors
     from dfrepo.cli import main
 
     def no_entry(uid: int) -> Any:
@@ -187,7 +192,7 @@ def test_cli_no_home_at_all_does_not_fail_the_pull(tmp_path: Path, monkeypatch: 
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("TRITON_DRAGONFLY_CONFIG_PATH", str(tmp_path / "absent.json"))
     monkeypatch.setattr(pwd, "getpwuid", no_entry)
-    monkeypatch.setattr(model_cache, "_warned", set())  # a new process (the API test warned already)
+    monkeypatch.setattr(errors, "_warned", set())  # a new process (the API test warned already)
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "config.pbtxt").write_text("x")
     assert main(["pull", str(tmp_path / "src"), str(tmp_path / "out")]) == 0
@@ -198,9 +203,7 @@ def test_cli_no_home_at_all_does_not_fail_the_pull(tmp_path: Path, monkeypatch: 
 
 
 def test_cli_named_cache_dir_that_is_unusable_fails_clearly(shared_tmp: Path) -> None:
-    ro = shared_tmp / "ro"
-    ro.mkdir()
-    ro.chmod(0o555)
+    ro = _read_only_dir(shared_tmp)
     # The default directory is fine; the one named on the command line is not: exit 1.
     proc = _run_cli(shared_tmp, {"HOME": str(shared_tmp), "DFREPO_CACHE_DIR": str(shared_tmp / "ok")},
                     "--cache-dir", str(ro / "cache"))

@@ -225,10 +225,16 @@ _warned: set[str] = set()
 _warn_lock = threading.Lock()
 
 
-def warn_once(key: str, message: str) -> None:
-    """Warn (:class:`DfrepoWarning`) the first time *key* is seen in this process."""
+def first_time(key: str) -> bool:
+    """True the first time *key* is seen in this process (thread-safe): for what is said once."""
     with _warn_lock:
         if key in _warned:
-            return
+            return False
         _warned.add(key)
-    warnings.warn(message, DfrepoWarning, stacklevel=3)
+        return True
+
+
+def warn_once(key: str, message: str) -> None:
+    """Warn (:class:`DfrepoWarning`) the first time *key* is seen in this process."""
+    if first_time(key):
+        warnings.warn(message, DfrepoWarning, stacklevel=3)

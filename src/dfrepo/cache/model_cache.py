@@ -9,7 +9,6 @@ import fcntl
 import logging
 import os
 import stat
-import threading
 import time
 import warnings
 from collections.abc import Mapping
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.fs import md5_of_fd
-from ..errors import CacheError, ConfigError, DfrepoWarning
+from ..errors import CacheError, ConfigError, DfrepoWarning, first_time
 from ..objects import RemoteObject
 from ..redact import redact_inline
 from ..values import normalize_etag, parse_size
@@ -49,10 +48,6 @@ def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
     return Path.home() / ".cache" / "dfrepo"
 
 
-_warned: set[str] = set()
-_warned_lock = threading.Lock()
-
-
 def open_cache(root: str | os.PathLike[str] | None = None, *,
                env: Mapping[str, str] | None = None) -> ModelCache | None:
     """A :class:`ModelCache`, or None when its directory is unusable (read-only, a foreign
@@ -66,10 +61,7 @@ def open_cache(root: str | os.PathLike[str] | None = None, *,
         return ModelCache(root, env=env)
     except CacheError as exc:
         where = str(getattr(exc, "path", None) or root or CACHE_DIR_ENV)
-        with _warned_lock:
-            first = where not in _warned
-            _warned.add(where)
-        if first:
+        if first_time(f"cache-unusable:{where}"):
             msg = f"{exc}; continuing without the cache (set {CACHE_DIR_ENV} to a writable directory)"
             log.warning("dfrepo: cache: %s", msg)
             warnings.warn(msg, DfrepoWarning, stacklevel=2)

@@ -17,7 +17,8 @@ __all__ = ["main"]
 
 
 class _ScrubFilter(logging.Filter):
-    """Scrubs every record the handler prints and remembers it (see :func:`_warning_printer`)."""
+    """Scrubs every record the handler prints and remembers the warnings among them (see
+    :func:`_warning_printer`)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -26,7 +27,8 @@ class _ScrubFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = scrub(record.getMessage())
         record.args = None
-        self.printed.append(record.msg)
+        if record.levelno >= logging.WARNING:  # what a warning may repeat
+            self.printed.append(record.msg)
         return True
 
 
