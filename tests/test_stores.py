@@ -305,7 +305,9 @@ def test_s3_one_paginated_listing(s3_server: Any) -> None:
     s3_server.clear_log()
     objs = list_model(_s3_loc(s3_server, "models", "paged/m"), _s3_creds(s3_server), page_size=10)
     assert len(objs) == 25  # zero-size files that are not "dir/" markers are kept
-    log = s3_server.request_log()
+    # The recording relay may log the setup's last PUT after clear_log() (it records once
+    # the answer went out): those are not the listing's.
+    log = [(m, t) for m, t in s3_server.request_log() if not (m == "PUT" and "/paged/m/" in t)]
     assert len(log) == 3, log
     for method, target in log:
         query = parse_qs(urlsplit(target).query)
