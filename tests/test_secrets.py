@@ -114,9 +114,9 @@ def test_s3_presigned_failures_leak_nothing(seaweedfs, peer, tmp_path: Path, cap
 
 
 @pytest.mark.servers
-def test_urllib3_debug_log_carries_no_signature(seaweedfs, tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
-    """With the root logger at DEBUG, urllib3's connection pool logs every request line —
-    query included. While dfrepo downloads, those records are scrubbed too."""
+def test_debug_log_carries_no_signature(seaweedfs, tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """With the root logger at DEBUG, dfrepo logs every plain-HTTP request line with its
+    query redacted (urllib3's request lines, for TLS origins: see the next test)."""
     client = seaweedfs.client(direct=True)
     client.create_bucket(Bucket="secrets-log")
     client.put_object(Bucket="secrets-log", Key="w.bin", Body=b"x" * 100_000)
@@ -128,8 +128,8 @@ def test_urllib3_debug_log_carries_no_signature(seaweedfs, tmp_path: Path, caplo
     caplog.set_level(logging.DEBUG)
     download(url, tmp_path / "w.bin", config=CFG)
     assert (tmp_path / "w.bin").read_bytes() == b"x" * 100_000
-    lines = [r.getMessage() for r in caplog.records if r.name.startswith("urllib3")]
-    assert any('"GET /secrets-log/w.bin?<redacted>' in ln for ln in lines), lines  # logged, scrubbed
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("dfrepo")]
+    assert any('"GET http://' in ln and '/secrets-log/w.bin?<redacted>"' in ln for ln in lines), lines
     assert_clean("\n".join(lines) + caplog.text, sigs + [seaweedfs.secret_key])
 
 
@@ -222,9 +222,14 @@ def test_self_signed_origin_fails_unless_ca_bundle(tmp_path: Path, caplog) -> No
             download(url, tmp_path / "out", config=CFG, implementation="python")
         assert not (tmp_path / "out").exists()
         assert_clean(everything_about(ei.value, caplog), ["9f" * 32])
+        caplog.set_level(logging.DEBUG)
         res = download(url, tmp_path / "out", config=TransferConfig(
             range_size=64 * 1024, fsync=False, ca_bundle=str(cert)))
         assert (tmp_path / "out").read_bytes() == data and res.size == len(data)
+        # urllib3 (TLS origins) logs every request line, query included: scrubbed.
+        lines = [r.getMessage() for r in caplog.records if r.name.startswith("urllib3")]
+        assert any('"GET /b/model.bin?<redacted>' in ln for ln in lines), lines
+        assert_clean("\n".join(lines) + caplog.text, ["9f" * 32])
         import warnings
 
         with warnings.catch_warnings():  # urllib3's InsecureRequestWarning: explicit opt-out here

@@ -1,10 +1,11 @@
 """The contract between the Python engine and the byte mover (``dfrepo/_fastio.pyi``).
 
-The compiled core and its twin never see a urllib3 or http.client object: the engine
-hands them a :class:`Body` — a socket fd to read directly (or -1), the body bytes
-http.client already buffered while parsing the headers, and a generic ``readinto`` for
-everything else (TLS, chunked, unknown length) — and afterwards tells http.client that
-the body was consumed (:func:`release`). This module is the only place that reaches into
+The compiled core and its twin never see a response object: the engine hands them a
+:class:`Body` — a socket fd to read directly (or -1), the body bytes already read
+together with the head, and a generic ``readinto`` for everything else (TLS, chunked,
+unknown length) — and afterwards tells the response that the body was consumed
+(:func:`release`). Responses come from :mod:`~dfrepo.engine.wire` (plain HTTP) or urllib3
+(TLS, environment proxies); this module is the only place that reaches into
 ``http.client.HTTPResponse`` internals, and it says why at each step.
 """
 
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import urllib3
+
+from .wire import Response as WireResponse
 
 WritableBuffer = bytearray | mmap.mmap
 """The byte mover's reused buffer: any writable, contiguous buffer of bytes."""
@@ -70,7 +73,7 @@ def _plain_socket(resp: urllib3.BaseHTTPResponse, hresp: Any) -> socket.socket |
     return sock
 
 
-def open_body(resp: urllib3.BaseHTTPResponse, length: int, *, direct: bool, chunk: int) -> Body:
+def open_body(resp: urllib3.BaseHTTPResponse | WireResponse, length: int, *, direct: bool, chunk: int) -> Body:
     """Describe *resp*'s body for the byte mover.
 
     :param length: the body bytes expected (-1 = read to the end).
@@ -78,6 +81,11 @@ def open_body(resp: urllib3.BaseHTTPResponse, length: int, *, direct: bool, chun
         ``readinto``); otherwise ``sock_fd`` is -1.
     :param chunk: at most this many already-buffered bytes are taken over.
     """
+    if isinstance(resp, WireResponse):
+        wsock = resp.sock if direct and length > 0 and resp.length == length else None
+        if wsock is None:
+            return Body(-1, None, b"", resp.readinto)
+        return Body(wsock.fileno(), wsock.gettimeout(), resp.take_pending(), resp.readinto)
     hresp = _http_response(resp)
     sock = _plain_socket(resp, hresp) if direct and length > 0 else None
     if sock is None:
@@ -88,8 +96,13 @@ def open_body(resp: urllib3.BaseHTTPResponse, length: int, *, direct: bool, chun
     return Body(sock.fileno(), sock.gettimeout(), buffered, hresp.readinto)
 
 
-def release(resp: urllib3.BaseHTTPResponse, body: Body) -> None:
+def release(resp: urllib3.BaseHTTPResponse | WireResponse, body: Body) -> None:
     """Hand the connection back to its pool after a complete body."""
+    if isinstance(resp, WireResponse):
+        if body.direct:
+            resp.consumed()
+        resp.release_conn()
+        return
     if body.direct:
         # The bytes were read behind http.client's back: tell it the body is consumed
         # (length 0, then a zero-byte read closes its file object), so urllib3 sees a

@@ -18,8 +18,6 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-import urllib3
-
 from ..errors import DfrepoError, HTTPStatusError
 from ..objects import Signed
 from ..values import normalize_etag
@@ -42,7 +40,7 @@ from .proxyenv import DirectProxies
 from .retry import RetryPolicy, as_dfrepo_error, exhausted, retryable, throttled
 from .scheduler import BatchProgress, Scheduler, Task
 from .settings import TransferConfig
-from .transport import RETRYABLE_EXCEPTIONS, Transport
+from .transport import RETRYABLE_EXCEPTIONS, Response, Transport
 
 if TYPE_CHECKING:
     from ..dragonfly.config import DragonflyConfig
@@ -227,7 +225,7 @@ class Downloader:
             buf = self._local.buf = new_buffer(self.config.buffer_size)
         return buf
 
-    def _copy(self, resp: urllib3.BaseHTTPResponse, job: FileJob, offset: int, length: int,
+    def _copy(self, resp: Response, job: FileJob, offset: int, length: int,
               cursor: Cursor, sched: Scheduler, state: BatchProgress, rng: tuple[int, int] | None) -> int:
         """Copy *resp*'s body into *job*'s file at *offset* and release the connection."""
         buf = self._buffer()
@@ -323,7 +321,7 @@ class Downloader:
             raise exhausted(exc, attempt, signed.url, rng)
         return False
 
-    def _whole_body(self, job: FileJob, resp: urllib3.BaseHTTPResponse, sched: Scheduler,
+    def _whole_body(self, job: FileJob, resp: Response, sched: Scheduler,
                     state: BatchProgress) -> None:
         """A plain 200 answer of unknown length (no Range sent, or the server ignored it):
         stream the body once on this connection."""

@@ -7,8 +7,6 @@ import logging
 import re
 from typing import TYPE_CHECKING
 
-import urllib3
-
 from .._version import __version__
 from ..errors import (
     DfrepoError,
@@ -19,6 +17,7 @@ from ..errors import (
 from ..redact import redact_url
 from ..values import normalize_etag
 from .jobs import DownloadRequest, FileJob
+from .transport import Response
 
 if TYPE_CHECKING:
     from ..dragonfly.config import DragonflyConfig
@@ -42,7 +41,7 @@ def base_headers(req: DownloadRequest, dragonfly: DragonflyConfig | None) -> dic
     return headers
 
 
-def range_answer(resp: urllib3.BaseHTTPResponse, url: str) -> tuple[int, int, int | None] | None:
+def range_answer(resp: Response, url: str) -> tuple[int, int, int | None] | None:
     """``(start, end, total or None)`` when *resp* answers a range: a 206, or a 200 that
     carries ``Content-Range`` — what dfdaemon before v1.3.11 sent for P2P ranges. None
     for any other status (a 200 without ``Content-Range`` ignored the range)."""
@@ -55,7 +54,7 @@ def range_answer(resp: urllib3.BaseHTTPResponse, url: str) -> tuple[int, int, in
     return int(m.group(1)), int(m.group(2)), None if m.group(3) == "*" else int(m.group(3))
 
 
-def check_range(job: FileJob, resp: urllib3.BaseHTTPResponse, start: int, end: int) -> None:
+def check_range(job: FileJob, resp: Response, start: int, end: int) -> None:
     """The answer to ``Range: bytes=start-end`` carries exactly those bytes of this version."""
     url = job.req.url
     if resp.status == 412:
@@ -76,7 +75,7 @@ def check_range(job: FileJob, resp: urllib3.BaseHTTPResponse, start: int, end: i
     check_etag(job, resp)
 
 
-def check_whole(job: FileJob, resp: urllib3.BaseHTTPResponse) -> None:
+def check_whole(job: FileJob, resp: Response) -> None:
     """A plain GET of a file whose size is known (a small object, or one GET per file
     through the peer): 200 with exactly that many bytes."""
     url = job.req.url
@@ -92,7 +91,7 @@ def check_whole(job: FileJob, resp: urllib3.BaseHTTPResponse) -> None:
     check_etag(job, resp)
 
 
-def check_first_range(job: FileJob, resp: urllib3.BaseHTTPResponse, answer: tuple[int, int, int | None],
+def check_first_range(job: FileJob, resp: Response, answer: tuple[int, int, int | None],
                       asked: int) -> int:
     """The probe's range answer (``bytes=0-asked-1``) is sane; returns the object's size."""
     url = job.req.url
@@ -106,21 +105,21 @@ def check_first_range(job: FileJob, resp: urllib3.BaseHTTPResponse, answer: tupl
     return total
 
 
-def check_length(resp: urllib3.BaseHTTPResponse, want: int, url: str, rng: tuple[int, int]) -> None:
+def check_length(resp: Response, want: int, url: str, rng: tuple[int, int]) -> None:
     length = resp.headers.get("Content-Length")
     if length is not None and int(length) != want:
         raise RangeNotSupportedError(
             f"Content-Length {length} does not match the range length {want}", url=url, byte_range=rng)
 
 
-def check_etag(job: FileJob, resp: urllib3.BaseHTTPResponse) -> None:
+def check_etag(job: FileJob, resp: Response) -> None:
     got = normalize_etag(resp.headers.get("ETag"))
     if job.etag and got and got != job.etag:
         raise SourceChangedError(
             "object changed during download: ETag differs from the listing/probe", url=job.req.url)
 
 
-def check_encoding(resp: urllib3.BaseHTTPResponse, url: str) -> None:
+def check_encoding(resp: Response, url: str) -> None:
     """Bodies are stored as sent: an object stored with ``Content-Encoding: gzip`` (S3 and
     GCS return it whatever ``Accept-Encoding`` says) lands on disk as the stored bytes, as
     Triton's own S3/GCS download keeps them; the listing's size and MD5 are of those bytes."""
@@ -129,7 +128,7 @@ def check_encoding(resp: urllib3.BaseHTTPResponse, url: str) -> None:
         log.debug("dfrepo: keeping the stored %s-encoded bytes of %s as they are", enc, redact_url(url))
 
 
-def status_error(resp: urllib3.BaseHTTPResponse, url: str, rng: tuple[int, int] | None) -> HTTPStatusError:
+def status_error(resp: Response, url: str, rng: tuple[int, int] | None) -> HTTPStatusError:
     """An unexpected status as an error naming who answered (origin, proxy, peer).
 
     ``X-Dragonfly-Error-Type`` (any case) says who: ``backend``, the origin answered
@@ -148,7 +147,7 @@ def status_error(resp: urllib3.BaseHTTPResponse, url: str, rng: tuple[int, int] 
                            status=resp.status, url=url, byte_range=rng, error_type=error_type)
 
 
-def note_peer(job: FileJob, resp: urllib3.BaseHTTPResponse, dragonfly: DragonflyConfig | None) -> None:
+def note_peer(job: FileJob, resp: Response, dragonfly: DragonflyConfig | None) -> None:
     """Record which Dragonfly task served *job* (first answer only) and compare it with
     the task ID dfrepo predicts for the same request."""
     task = resp.headers.get("X-Dragonfly-Task-ID")
@@ -167,7 +166,7 @@ def note_peer(job: FileJob, resp: urllib3.BaseHTTPResponse, dragonfly: Dragonfly
             log.debug("dfrepo: could not predict the task id", exc_info=True)
 
 
-def close_quietly(resp: urllib3.BaseHTTPResponse | None) -> None:
+def close_quietly(resp: Response | None) -> None:
     """Drop a response whose body will not be read (its connection is not reused)."""
     if resp is None:
         return

@@ -7,8 +7,6 @@ import random
 import time
 from dataclasses import dataclass
 
-import urllib3
-
 from ..errors import (
     DfrepoError,
     HTTPStatusError,
@@ -17,7 +15,7 @@ from ..errors import (
     TransferError,
 )
 from ..redact import redact_url
-from .transport import RETRYABLE_EXCEPTIONS
+from .transport import RETRYABLE_EXCEPTIONS, Response
 
 #: Statuses that mean "too many requests from you": the adaptive limit backs off.
 THROTTLE_STATUSES = frozenset({429, 503})
@@ -43,7 +41,7 @@ class RetryPolicy:
             base = max(base, min(wait, self.backoff_max))
         return base
 
-    def sleep(self, attempt: int, resp: urllib3.BaseHTTPResponse | None) -> None:
+    def sleep(self, attempt: int, resp: Response | None) -> None:
         time.sleep(self.delay(attempt, resp.headers.get("Retry-After") if resp is not None else None))
 
     def gives_up(self, exc: BaseException, attempt: int) -> bool:

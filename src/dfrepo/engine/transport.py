@@ -1,12 +1,14 @@
-"""urllib3 pools aimed at the Dragonfly proxy (or the origin), and how their errors are classified."""
+"""Connection pools aimed at the Dragonfly proxy (or the origin), and how their errors are classified."""
 
 from __future__ import annotations
 
+import functools
 import http.client
 import logging
 import re
 import socket
 import threading
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +24,7 @@ from urllib3.exceptions import (
 
 from ..errors import ConfigError, IncompleteDownloadError, ProxyUnavailableError, TransferError
 from ..redact import redact_url
+from . import wire
 from .proxyenv import DirectProxies
 from .settings import TransferConfig
 
@@ -37,11 +40,16 @@ RETRYABLE_EXCEPTIONS: tuple[type[BaseException], ...] = (
     ConnectionError,
     http.client.HTTPException,
     IncompleteDownloadError,
-    # A proxy connection that broke (a reused keep-alive connection the peer closed or
-    # reset, a peer restart).  Transport.request turns "cannot connect to the proxy at
-    # all" into a direct fallback or ProxyUnavailableError before this applies.
+    # A connection through an environment proxy that broke (urllib3 wraps it).
+    # Transport.request turns "cannot connect to the Dragonfly proxy at all" into a
+    # direct fallback or ProxyUnavailableError before any of this applies.
     ProxyError,
 )
+
+
+Response = urllib3.BaseHTTPResponse | wire.Response
+"""A response with its body unread: :mod:`~dfrepo.engine.wire`'s for plain HTTP, urllib3's
+for TLS origins and the environment's proxies."""
 
 
 class _RedactQueries(logging.Filter):
@@ -72,12 +80,6 @@ def _install_log_filter() -> None:
             logger.addFilter(_FILTER)
 
 
-def _proxy_unreachable(exc: ProxyError) -> bool:
-    """True when the proxy itself could not be connected to (not an error behind it)."""
-    cause = exc.original_error if hasattr(exc, "original_error") else exc.__cause__
-    return isinstance(cause, (NewConnectionError, ConnectTimeoutError, ConnectionRefusedError))
-
-
 class Transport:
     """Connection pools for one pull: through the Dragonfly proxy, or direct.
 
@@ -87,6 +89,10 @@ class Transport:
     dfdaemon would intercept with its own certificate) is ever opened. urllib3's
     ``ProxyManager(use_forwarding_for_https=True)`` does this only for ``https://``
     proxies, which a dfdaemon on port 4001 is not, so the proxy's pool is used directly.
+
+    Plain-HTTP exchanges (the proxy, ``http://`` origins without an environment proxy)
+    go through :mod:`~dfrepo.engine.wire`'s lean keep-alive pools; ``https://`` origins
+    and the environment's proxies through urllib3.
 
     When the proxy cannot be reached and ``fallback_direct`` is on, the transport
     switches to direct origin requests once, logs the reason once, and stays direct.
@@ -119,13 +125,14 @@ class Transport:
             "cert_reqs": "CERT_REQUIRED" if config.verify_tls else "CERT_NONE", "ca_certs": config.ca_bundle}
         self._direct = urllib3.PoolManager(**self._pool_args)
         self._via_proxy: dict[str, urllib3.ProxyManager] = {}
-        self._proxied: urllib3.HTTPConnectionPool | None = None
+        self._size = size
+        self._plain: dict[tuple[str, int], wire.Pool] = {}
+        self._proxied: wire.Pool | None = None
         if self.proxy:
             # Checked once, where settings are made (dfrepo.dragonfly.fields.parse_proxy).
             parsed = urllib3.util.parse_url(self.proxy)
             assert parsed.host, "an unchecked proxy reached the transport"
-            self._proxied = urllib3.HTTPConnectionPool(
-                parsed.host, parsed.port or 80, maxsize=size, block=False, timeout=timeout, retries=False)
+            self._proxied = self._wire_pool(parsed.host, parsed.port or 80)
         self._lock = threading.Lock()
         self.fell_back = False
         self.fallback_reason: str | None = None
@@ -134,38 +141,57 @@ class Transport:
     def via(self) -> str:
         return "proxy" if self._proxied is not None and not self.fell_back else "direct"
 
-    def request(self, url: str, headers: Mapping[str, str]) -> urllib3.BaseHTTPResponse:
+    def request(self, url: str, headers: Mapping[str, str]) -> Response:
         """Send a GET and return the response with its body unread."""
         pool = None if self.fell_back else self._proxied
         if pool is None:
             if self._proxied is not None:
                 # Fallen back to the origin: Dragonfly's headers are not its business.
                 headers = {k: v for k, v in headers.items() if not k.lower().startswith("x-dragonfly-")}
-            try:
-                return self._direct_manager(url).request("GET", url, headers=dict(headers), preload_content=False,
-                                            decode_content=False, redirect=False)
-            except SSLError as exc:
-                raise TransferError(f"TLS error talking to {redact_url(url)}: {exc.__class__.__name__}",
-                                    url=url) from None
-        target = urllib3.util.parse_url(url)
-        if target.scheme not in ("http", "https") or not target.host:
+            return self._request_direct(url, headers)
+        target = _split(url)
+        if target is None:
             raise ConfigError(f"cannot fetch {redact_url(url)} through a proxy: not an http(s) URL",
                               source="arg", key="url")
-        host = target.host if target.port in (None, 80 if target.scheme == "http" else 443) \
-            else f"{target.host}:{target.port}"
         try:
-            return pool.urlopen("GET", url, headers={**headers, "Host": host}, assert_same_host=False,
-                                retries=False, redirect=False, preload_content=False, decode_content=False)
-        except (NewConnectionError, ConnectTimeoutError) as exc:
+            conn = pool.connection()
+        except OSError as exc:  # refused, unreachable, timed out: the proxy is not there
             return self._proxy_down(url, headers, exc)
-        except ProxyError as exc:  # Defensive: urllib3 may still wrap connection failures
-            if _proxy_unreachable(exc):
-                return self._proxy_down(url, headers, exc)
-            raise
+        return self._send(pool, conn, wire.request_target(url), {**headers, "Host": target[3]}, url)
 
-    def _direct_manager(self, url: str) -> urllib3.PoolManager:
-        """The pool manager for a direct request: the environment's proxy for *url*, or none."""
+    def _request_direct(self, url: str, headers: Mapping[str, str]) -> Response:
+        target = _split(url)
         proxy = self.direct_proxies.proxy_for(url) if self.direct_proxies is not None else None
+        if target is not None and target[0] == "http" and proxy is None:
+            pool = self._wire_pool(target[1], target[2])
+            return self._send(pool, pool.connection(), wire.request_target(target[4]),
+                              {"Host": target[3], **headers}, url)
+        try:
+            return self._direct_manager(proxy).request("GET", url, headers=dict(headers), preload_content=False,
+                                                       decode_content=False, redirect=False)
+        except SSLError as exc:
+            raise TransferError(f"TLS error talking to {redact_url(url)}: {exc.__class__.__name__}",
+                                url=url) from None
+
+    @staticmethod
+    def _send(pool: wire.Pool, conn: wire.Connection, target: str, headers: Mapping[str, str],
+              url: str) -> wire.Response:
+        resp = pool.get(conn, target, headers)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug('dfrepo: "GET %s" %d via %s:%d', redact_url(url), resp.status, pool.host, pool.port)
+        return resp
+
+    def _wire_pool(self, host: str, port: int) -> wire.Pool:
+        key = (host, port)
+        pool = self._plain.get(key)
+        if pool is None:
+            pool = self._plain.setdefault(key, wire.Pool(
+                host, port, maxsize=self._size, connect_timeout=self.config.connect_timeout,
+                read_timeout=self.config.read_timeout))
+        return pool
+
+    def _direct_manager(self, proxy: str | None) -> urllib3.PoolManager:
+        """The urllib3 pool manager for a direct request: through the environment's *proxy*, or none."""
         if proxy is None:
             return self._direct
         with self._lock:
@@ -178,7 +204,7 @@ class Transport:
                 self._via_proxy[proxy] = manager
         return manager
 
-    def _proxy_down(self, url: str, headers: Mapping[str, str], exc: Exception) -> urllib3.BaseHTTPResponse:
+    def _proxy_down(self, url: str, headers: Mapping[str, str], exc: Exception) -> Response:
         if not self.fallback_direct:
             raise ProxyUnavailableError(
                 f"Dragonfly proxy {redact_url(self.proxy)} is unreachable and direct fallback is off",
@@ -195,5 +221,23 @@ class Transport:
         self._direct.clear()
         for manager in self._via_proxy.values():
             manager.clear()
-        if self._proxied is not None:
-            self._proxied.close()
+        for pool in list(self._plain.values()):
+            pool.close()
+
+
+@functools.lru_cache(maxsize=4096)
+def _split(url: str) -> tuple[str, str, int, str, str] | None:
+    """``(scheme, host, port, Host header, origin-form target)`` of an http(s) URL, or None."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname
+    if parts.scheme not in ("http", "https") or not host:
+        return None
+    default = 80 if parts.scheme == "http" else 443
+    try:
+        port = parts.port or default
+    except ValueError:
+        return None
+    shown = f"[{host}]" if ":" in host else host
+    host_header = shown if port == default else f"{shown}:{port}"
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return parts.scheme, host, port, host_header, target
