@@ -11,7 +11,8 @@ Python decides here; the bytes are moved by :mod:`dfrepo._fastio` (compiled) or 
   the adaptive number of requests in flight;
 * :mod:`~dfrepo.engine.commit`, :mod:`~dfrepo.engine.fs` — durable, atomic publication
   through a file-system seam;
-* :mod:`~dfrepo.engine.transport` — urllib3 pools (proxy or direct);
+* :mod:`~dfrepo.engine.transport` — which pool serves a GET (proxy or direct);
+* :mod:`~dfrepo.engine.wire` — the lean HTTP/1.1 client for plain TCP (urllib3 for TLS);
 * :mod:`~dfrepo.engine.body` — the byte mover's input contract;
 * :mod:`~dfrepo.engine.daemon` — dfdaemon's gRPC route;
 * :mod:`~dfrepo.engine.settings` — :class:`TransferConfig`.

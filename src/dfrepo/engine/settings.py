@@ -28,8 +28,8 @@ PEER_FILES_IN_FLIGHT = 16
 class TransferConfig:
     """How the engine moves bytes. Validated on construction.
 
-    Memory bound per batch: ``max_concurrency * buffer_size`` (plus urllib3's small
-    per-connection buffers); it does not grow with the object size.
+    Memory bound per batch: ``max_concurrency * buffer_size`` (plus a small head
+    buffer per connection); it does not grow with the object size.
 
     :param concurrency: a fixed number of requests in flight (and pooled connections) for
         one batch. None (the default) = adaptive: start at :data:`INITIAL_CONCURRENCY` and
