@@ -155,27 +155,17 @@ cdef ssize_t _recv_fill(int sock, char *buf, size_t want, int timeout_ms, int *l
     return <ssize_t>got
 
 
-cdef ssize_t _splice_chunk(int sock, int pipe_r, int pipe_w, int fd, off_t off, size_t want,
-                           int timeout_ms, char *buf, size_t bufsize, bint *no_splice,
-                           int *lowat) noexcept nogil:
-    """Move up to want bytes socket -> pipe -> file at off. Returns bytes moved or an error code.
-
-    If the destination file system cannot splice (EINVAL), the bytes already in the pipe
-    are drained through *buf* with read + pwrite and *no_splice* is set, so the caller
-    continues with recv.
-    """
-    cdef ssize_t inpipe = 0
+cdef ssize_t _splice_in(int sock, int pipe_w, size_t want, int timeout_ms, int *lowat) noexcept nogil:
+    """Move up to want bytes socket -> pipe. Returns bytes moved (>0) or an error code."""
     cdef ssize_t r
     cdef int w
-    cdef off_t pos = off
     w = _wait_data(sock, timeout_ms, lowat)  # one large splice rather than many small ones
     if w != 0:
         return w
     while True:
         r = splice(sock, NULL, pipe_w, NULL, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK | SPLICE_F_MORE)
         if r > 0:
-            inpipe = r
-            break
+            return r
         if r == 0:
             return R_EOF
         if errno == EINTR:
@@ -186,6 +176,16 @@ cdef ssize_t _splice_chunk(int sock, int pipe_r, int pipe_w, int fd, off_t off, 
                 return w
             continue
         return -errno
+
+
+cdef ssize_t _splice_out(int pipe_r, int fd, off_t pos, ssize_t inpipe, char *buf, size_t bufsize,
+                         bint *no_splice) noexcept nogil:
+    """Move the *inpipe* bytes in the pipe into the file at pos. Returns inpipe or an error code.
+
+    If the destination file system cannot splice (EINVAL), the bytes are drained through
+    *buf* with read + pwrite and *no_splice* is set, so the caller continues with recv.
+    """
+    cdef ssize_t r
     cdef ssize_t moved = 0
     while moved < inpipe:
         r = splice(pipe_r, NULL, fd, &pos, <size_t>(inpipe - moved), SPLICE_F_MOVE)
@@ -289,7 +289,7 @@ cdef long long _advance(long long done, ssize_t got, int werr, object cursor,
 
 def copy_body(object body, int fd, long long offset, long long length, object buf,
               object cursor, object progress=None, str mode="auto", object url=None,
-              object byte_range=None):
+              object byte_range=None, object lock=None):
     """Copy *length* body bytes of *body* (a :class:`dfrepo.engine.body.Body`) into *fd* at *offset*.
 
     :param length: bytes the body must hold, or -1 to read to the end (no Content-Length).
@@ -299,6 +299,9 @@ def copy_body(object body, int fd, long long offset, long long length, object bu
     :param progress: optional callable(bytes) called once per chunk.
     :param mode: with ``body.sock_fd >= 0``, ``splice`` moves socket -> pipe -> file,
         anything else reads it with ``recv``; without a socket ``body.readinto`` is used.
+    :param lock: held around every write into *fd* (``acquire``/``release``; the wait
+        releases the GIL): the writers of one file take turns in user space instead of
+        spinning on its inode lock in the kernel. Reading the socket is not serialized.
     :returns: bytes written. Raises :class:`IncompleteDownloadError` on a short body,
         ``socket.timeout``/``OSError`` from the socket, ``OSError`` from pwrite.
     """
@@ -316,15 +319,22 @@ def copy_body(object body, int fd, long long offset, long long length, object bu
     cdef bint use_splice
     cdef bint no_splice = False
     cdef size_t chunk
+    cdef size_t want
     cdef int lowat = 1
 
     if mode not in MODES:
         raise ValueError(f"unknown io mode {mode!r}")
-    # Body bytes http.client already buffered while parsing the headers come first.
+    # Body bytes already read together with the response head come first.
     pre = body.buffered
     if pre:
         pos = <off_t>(offset)
-        werr = _write_all(fd, <const char *>pre, len(pre), pos)
+        if lock is not None:
+            lock.acquire()
+        try:
+            werr = _write_all(fd, <const char *>pre, len(pre), pos)
+        finally:
+            if lock is not None:
+                lock.release()
         done = _advance(done, len(pre), werr, cursor, progress)
 
     if sockfd >= 0 and length > 0:
@@ -341,19 +351,27 @@ def copy_body(object body, int fd, long long offset, long long length, object bu
             while done < length:
                 remaining = length - done
                 pos = <off_t>(offset + done)
+                want = <size_t>min(remaining, <long long>(chunk if use_splice and not no_splice else bufsize))
                 with nogil:
                     _set_lowat(sockfd, &lowat, min(remaining, <long long>chunk))
                     if use_splice and not no_splice:
-                        got = _splice_chunk(sockfd, pipe_r, pipe_w, fd, pos,
-                                            <size_t>min(remaining, <long long>chunk), timeout_ms,
-                                            cbuf, bufsize, &no_splice, &lowat)
-                        werr = 0
+                        got = _splice_in(sockfd, pipe_w, want, timeout_ms, &lowat)
                     else:
-                        got = _recv_fill(sockfd, cbuf, <size_t>min(remaining, <long long>bufsize), timeout_ms,
-                                         &lowat)
-                        werr = _write_all(fd, cbuf, <size_t>got, pos) if got > 0 else 0
+                        got = _recv_fill(sockfd, cbuf, want, timeout_ms, &lowat)
                 if got <= 0:
                     _raise_code(got, url, byte_range, length, done)
+                if lock is not None:
+                    lock.acquire()
+                try:
+                    with nogil:
+                        if use_splice and not no_splice:
+                            got = _splice_out(pipe_r, fd, pos, got, cbuf, bufsize, &no_splice)
+                            werr = 0 if got > 0 else <int>got
+                        else:
+                            werr = _write_all(fd, cbuf, <size_t>got, pos)
+                finally:
+                    if lock is not None:
+                        lock.release()
                 done = _advance(done, got, werr, cursor, progress)
         finally:
             if lowat != 1:
@@ -371,7 +389,13 @@ def copy_body(object body, int fd, long long offset, long long length, object bu
                 break
             _raise_code(R_EOF, url, byte_range, length, done)
         pos = <off_t>(offset + done)
-        with nogil:
-            werr = _write_all(fd, cbuf, <size_t>got, pos)
+        if lock is not None:
+            lock.acquire()
+        try:
+            with nogil:
+                werr = _write_all(fd, cbuf, <size_t>got, pos)
+        finally:
+            if lock is not None:
+                lock.release()
         done = _advance(done, got, werr, cursor, progress)
     return done

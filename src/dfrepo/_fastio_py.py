@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from .engine.body import Body, Cursor, WritableBuffer
+from .engine.body import Body, Cursor, WritableBuffer, WriteLock
 from .errors import IncompleteDownloadError
 
 IMPLEMENTATION = "python"
@@ -19,7 +19,11 @@ IMPLEMENTATION = "python"
 MODES = ("auto", "readinto", "recv", "splice")
 
 
-def _write_all(fd: int, data: memoryview, offset: int) -> None:
+def _write_all(fd: int, data: memoryview, offset: int, lock: WriteLock | None) -> None:
+    if lock is not None:
+        with lock:
+            _write_all(fd, data, offset, None)
+        return
     while data:
         written = os.pwrite(fd, data, offset)  # EINTR is retried by Python (PEP 475)
         data = data[written:]
@@ -37,6 +41,7 @@ def copy_body(
     mode: str = "auto",
     url: str | None = None,
     byte_range: tuple[int, int] | None = None,
+    lock: WriteLock | None = None,
 ) -> int:
     """Copy *length* body bytes of *body* into *fd* at *offset*.
 
@@ -47,7 +52,7 @@ def copy_body(
         raise ValueError(f"unknown io mode {mode!r}")
     done = len(body.buffered)  # bytes already read past the headers come first
     if done:
-        _write_all(fd, memoryview(body.buffered), offset)
+        _write_all(fd, memoryview(body.buffered), offset, lock)
         cursor.written = done
         if progress is not None:
             progress(done)
@@ -67,7 +72,7 @@ def copy_body(
                 url=url,
                 byte_range=byte_range,
             )
-        _write_all(fd, view[:got], offset + done)
+        _write_all(fd, view[:got], offset + done, lock)
         done += got
         cursor.written = done
         if progress is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import mmap
 import socket
 import ssl
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,9 @@ from .wire import Response as WireResponse
 
 WritableBuffer = bytearray | mmap.mmap
 """The byte mover's reused buffer: any writable, contiguous buffer of bytes."""
+
+WriteLock = threading.Lock
+"""Taken by the byte mover around each write into a file that several requests fill."""
 
 
 def new_buffer(size: int) -> mmap.mmap:

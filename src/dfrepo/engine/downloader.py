@@ -235,7 +235,8 @@ class Downloader:
             state.advance(n)
 
         body = open_body(resp, length, direct=self._direct_io, chunk=len(buf))
-        done = self._copy_body(body, job.fd, offset, length, buf, cursor, advance, self._mode, job.url, rng)
+        done = self._copy_body(body, job.fd, offset, length, buf, cursor, advance, self._mode, job.url, rng,
+                               job.write_lock)
         release(resp, body)
         return done
 

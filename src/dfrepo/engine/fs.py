@@ -128,7 +128,6 @@ def md5_of_fd(fd: int, size: int) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-@functools.lru_cache(maxsize=64)
 def filesystem_type(st_dev: int) -> str:
     """The file system type of a device number, from /proc/self/mountinfo ("" if unknown).
 

@@ -86,6 +86,10 @@ class FileJob:
         self._auth = self._authorized(Signed(req.url, dict(req.headers)))
         self.refreshes = 0
         self._lock = threading.Lock()
+        self.write_lock = threading.Lock()
+        """Held by the byte mover around each write into :attr:`fd`: the requests filling
+        one file take turns in user space (a futex wait) rather than spinning on the
+        file's inode lock in the kernel, which burnt a fifth of the CPU on loopback."""
         self.size = req.size
         self.etag = normalize_etag(req.etag)
         self.fs = fs
