@@ -194,20 +194,49 @@ def test_triton_parameters_are_routed_and_typed(tmp_path: Path) -> None:
     assert s.dragonfly.tag == "team" and s.transfer.concurrency == 2 and s.expiry == 300 and s.cache is None
 
 
-def test_triton_unknown_parameter_is_warned_once_and_ignored() -> None:
+def test_triton_unknown_parameter_is_warned_and_ignored() -> None:
     # The C++ agent read no parameters: a config.pbtxt written for it (or with another
-    # agent's keys) must keep loading. Each unknown key is named once per process.
+    # agent's keys) must keep loading.
     env = {"DFREPO_ALLOW_DIRECT": "1"}
     with pytest.warns(DfrepoWarning, match="'concurency_x' is not a dfrepo setting; ignored"):
         s = settings_for_model("s3://b/m", {"concurency_x": "4", "tag": "t"}, env=env)
     assert s.transfer.concurrency is None and s.dragonfly.tag == "t"
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        settings_for_model("s3://b/m", {"concurency_x": "5"}, env=env)  # not again
     # The Python API's overrides are the operator's own: a typo there still raises.
     with pytest.raises(ConfigError) as info:
         split_overrides({"concurency_x": "4"})
     assert info.value.key == "concurency_x"
+
+
+def test_triton_unknown_parameter_is_warned_on_every_load() -> None:
+    """Each LOAD that has an unknown parameter names it (once per key), not only the first
+    LOAD of the worker process: a reload of the model, or another model with the same key,
+    says it again in Triton's log. The filters are Python's defaults, as in the worker,
+    where a plain warnings.warn would repeat nothing from the same line."""
+    env = {"DFREPO_ALLOW_DIRECT": "1"}
+
+    def said(*keys: str) -> list[str]:
+        return sorted(f"config.pbtxt agent parameter {k!r} is not a dfrepo setting; ignored" for k in keys)
+
+    # One catch_warnings for all the LOADs: changing the filters between them would clear
+    # Python's memory of what was said, and hide the de-duplication this is about.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.resetwarnings()  # no -W, no PYTHONWARNINGS: the "default" action
+
+        def load(location: str, parameters: dict[str, str]) -> list[str]:
+            before = len(caught)
+            settings_for_model(location, parameters, env=env)
+            return sorted(str(w.message) for w in caught[before:] if issubclass(w.category, DfrepoWarning))
+
+        first = load("s3://b/m", {"concurency_x": "4", "checksum.MD5": "x", "tag": "t"})
+        again = load("s3://b/m", {"concurency_x": "4", "checksum.MD5": "x", "tag": "t"})  # the same LOAD again
+        other = load("s3://b/other", {"concurency_x": "5"})  # another model, the same key
+    assert first == again == said("concurency_x", "checksum.MD5")
+    assert other == said("concurency_x")
+    # The operator's filters still decide.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("ignore", DfrepoWarning)
+        settings_for_model("s3://b/m", {"concurency_x": "4"}, env=env)
+    assert caught == []
 
 
 def test_triton_files_set_in_the_environment_must_exist(tmp_path: Path) -> None:

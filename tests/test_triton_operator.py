@@ -98,7 +98,7 @@ def test_poll_mode_versions_parameters_and_env_proxy(triton_server: Any, seaweed
         # 2 + 5: dfrepo's direct downloads went through http_proxy, latest 1 only.
         assert sorted(presigned("op_versions")) == ["3/model.py", "config.pbtxt", "labels.txt"], proxy.requests
         log = server.log()
-        # 3: another agent's parameter is named once and ignored; 4: a model may not set proxy.
+        # 3: another agent's parameter is named and ignored; 4: a model may not set proxy.
         assert "'checksum.MD5' is not a dfrepo setting; ignored" in log
         assert not server.is_ready("op_evil")
         assert "agent parameter 'proxy' may not be set by a model" in log

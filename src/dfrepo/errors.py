@@ -11,6 +11,7 @@ signatures.  Every class that takes a URL runs it through
 
 from __future__ import annotations
 
+import sys
 import threading
 import warnings
 from typing import Any
@@ -39,6 +40,7 @@ __all__ = [
     "StoreError",
     "TransferError",
     "UnsafePathError",
+    "warn_always",
     "warn_once",
 ]
 
@@ -238,3 +240,25 @@ def warn_once(key: str, message: str) -> None:
     """Warn (:class:`DfrepoWarning`) the first time *key* is seen in this process."""
     if first_time(key):
         warnings.warn(message, DfrepoWarning, stacklevel=3)
+
+
+def warn_always(message: str, *, stacklevel: int = 1) -> None:
+    """Warn (:class:`DfrepoWarning`) on every call: for what each occurrence must say
+    (a bad agent parameter on every LOAD that has it).
+
+    :func:`warnings.warn` would say the same text from the same line only once per process
+    (Python's ``default`` action remembers it in the calling module's registry); here each
+    call has a registry of its own. The warning filters (``-W``, ``PYTHONWARNINGS``,
+    :func:`warnings.simplefilter`) still decide: ``ignore`` silences, ``once`` de-duplicates.
+
+    :param stacklevel: as for :func:`warnings.warn`: 1 = the line calling this function.
+    """
+    try:
+        frame = sys._getframe(stacklevel)
+    except ValueError:  # fewer frames than asked for: as warnings.warn does
+        filename, lineno, module_globals = "sys", 1, sys.__dict__
+    else:
+        filename, lineno, module_globals = frame.f_code.co_filename, frame.f_lineno, frame.f_globals
+    warnings.warn_explicit(message, DfrepoWarning, filename, lineno,
+                           module=str(module_globals.get("__name__", "<string>")),
+                           registry={}, module_globals=module_globals)

@@ -8,8 +8,9 @@ transfer keys (``concurrency``, ``range_size`` ...) and the pull's own keys
 :func:`settings_for_model` is the Triton agent's edge, where ``config.pbtxt`` comes from
 the bucket, not from the operator:
 
-* an unknown parameter is warned about (once per key) and ignored: the C++ agent read no
-  parameters at all, so configs written for it (or for other agents) keep loading;
+* an unknown parameter is warned about (on every LOAD that has it, once per key) and
+  ignored: the C++ agent read no parameters at all, so configs written for it (or for
+  other agents) keep loading;
 * a known one must be on the operator's allow-list (:func:`allowed_model_parameters`:
   ``$DFREPO_MODEL_PARAMETERS``, else ``"model_parameters"`` in ``dragonfly_config.json``,
   else :data:`DEFAULT_MODEL_PARAMETERS`), else the LOAD fails with
@@ -33,7 +34,7 @@ from typing import Any
 from ..dragonfly import OVERRIDE_KEYS, DragonflyConfig, is_override_key, with_overrides
 from ..engine import TransferConfig
 from ..environment import CACHE_SWITCH_ENV, MODEL_PARAMETERS_ENV
-from ..errors import ConfigError, ParameterNotAllowedError, warn_once
+from ..errors import ConfigError, ParameterNotAllowedError, warn_always
 from ..settings import PullSettings, operator_dragonfly, require_peer, resolve
 from ..versions import VersionPolicy
 from .agent import AGENT_PARAMETER
@@ -185,9 +186,10 @@ def _allowed(key: str, allow: tuple[str, ...]) -> bool:
 
 def model_overrides(parameters: Mapping[str, str], env: Mapping[str, str],
                     allow: tuple[str, ...] | None = None) -> dict[str, str]:
-    """A model's agent *parameters* as overrides: unknown keys warned about (once per
-    key) and dropped, the bridge's ``dfrepo.*`` keys dropped, the rest checked against
-    *allow* (default: :func:`allowed_model_parameters`).
+    """A model's agent *parameters* as overrides: unknown keys warned about (on every
+    call, once per key: each LOAD says it in Triton's log) and dropped, the bridge's
+    ``dfrepo.*`` keys dropped, the rest checked against *allow* (default:
+    :func:`allowed_model_parameters`).
 
     :raises ParameterNotAllowedError: a known key the operator did not allow (named).
     """
@@ -198,7 +200,7 @@ def model_overrides(parameters: Mapping[str, str], env: Mapping[str, str],
         if key.startswith("dfrepo."):
             continue
         if not _known(key):
-            warn_once(f"parameter:{key}", f"config.pbtxt agent parameter {key!r} is not a dfrepo setting; ignored")
+            warn_always(f"config.pbtxt agent parameter {key!r} is not a dfrepo setting; ignored", stacklevel=2)
             continue
         if not _allowed(key, allow):
             shown = ", ".join(allow) if allow else "none"
