@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,7 +30,7 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DFREPO_CACHE_DIR", str(tmp_path / "default-cache"))
     monkeypatch.setenv("TRITON_DRAGONFLY_CONFIG_PATH", str(tmp_path / "no-dragonfly-config.json"))
     monkeypatch.delenv("TRITON_CLOUD_CREDENTIAL_PATH", raising=False)
-    for var in ("DFREPO_PROXY", "DRAGONFLY_PROXY", "DFREPO_CACHE_MAX_BYTES"):
+    for var in ("DFREPO_PROXY", "DRAGONFLY_PROXY", "DFREPO_CACHE_MAX_BYTES", "DFREPO_CACHE"):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -240,6 +241,66 @@ def test_install_agent(run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setitem(sys.modules, "dfrepo.triton.install", None)
     code, _, err = run("install-agent", "--repoagent-dir", str(tmp_path / "agents2"))
     assert code == 1 and "not available" in one_error_line(err)
+
+
+# --------------------------------------------------------------------------- the cache switch
+
+
+def test_pull_honours_dfrepo_cache_as_the_agent_does(run: Run, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``$DFREPO_CACHE`` (on, off, a directory) picks the cache of ``dfrepo pull`` as it does
+    the Triton agent's; ``--cache-dir`` and ``--no-cache`` beat it (a flag beats the
+    environment)."""
+    import importlib
+
+    from dfrepo.triton.parameters import settings_for_model
+
+    pull_module = importlib.import_module("dfrepo.pull")  # the name dfrepo.pull is the function
+
+    src = tmp_path / "src"
+    make_model(src, 1000)
+    operator = tmp_path / "dragonfly_config.json"
+    operator.write_text("{}")  # the agent's operator file: direct downloads
+    seen: list[Any] = []
+    real = pull_module.pull_with
+
+    def spy(settings: Any, dest: Any, **kwargs: Any) -> Any:
+        seen.append(settings.cache)
+        return real(settings, dest, **kwargs)
+
+    monkeypatch.setattr(pull_module, "pull_with", spy)
+
+    def cache_dir(cache: Any) -> Path | None:
+        return None if cache is None else Path(cache.root)
+
+    def cli(name: str, switch: str | None, *flags: str) -> Path | None:
+        if switch is None:
+            monkeypatch.delenv("DFREPO_CACHE", raising=False)
+        else:
+            monkeypatch.setenv("DFREPO_CACHE", switch)
+        code, _, err = run("pull", str(src), str(tmp_path / name), "-q", *flags)
+        assert code == 0, err
+        assert (tmp_path / name / "config.pbtxt").read_bytes() == b'name: "m"\n'
+        return cache_dir(seen.pop())
+
+    def agent(switch: str | None) -> Path | None:
+        env = {**os.environ, "TRITON_DRAGONFLY_CONFIG_PATH": str(operator)}
+        if switch is not None:
+            env["DFREPO_CACHE"] = switch
+        return cache_dir(settings_for_model("s3://b/m", {}, env=env).cache)
+
+    default, elsewhere = tmp_path / "default-cache", tmp_path / "env-cache"
+    for off in ("off", "OFF", "0", "false", "none"):
+        assert cli(f"off-{off}", off) is None and agent(off) is None, off
+    assert not default.exists(), "DFREPO_CACHE=off opened no cache"
+    for i, (switch, expected) in enumerate([(None, default), ("on", default), (str(elsewhere), elsewhere)]):
+        assert cli(f"on-{i}", switch) == agent(switch) == expected, switch
+    # A flag beats the environment.
+    named = tmp_path / "flag-cache"
+    assert cli("flag-off", "off", "--cache-dir", str(named)) == named
+    assert cli("flag-dir", str(elsewhere), "--cache-dir", str(named)) == named
+    assert cli("no-cache", str(tmp_path / "unused"), "--no-cache") is None
+    assert not (tmp_path / "unused").exists()
 
 
 # --------------------------------------------------------------------------- object stores

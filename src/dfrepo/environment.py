@@ -31,7 +31,9 @@ CREDENTIAL_PATH_ENV = "TRITON_CLOUD_CREDENTIAL_PATH"
 DEFAULT_CREDENTIAL_PATH = "/home/triton/cloud_credential.json"
 #: The Dragonfly proxy, first non-empty wins (beats the file, loses to an override).
 PROXY_ENV_VARS = ("DFREPO_PROXY", "DRAGONFLY_PROXY")
-#: The Triton agent's persistent cache switch: ``on`` (default), ``off``, or a directory.
+#: The persistent cache switch of the Triton agent and ``dfrepo pull``: ``on`` (default),
+#: ``off``, or a directory (read by :func:`dfrepo.settings.cache_switch`; a model's ``cache``
+#: parameter and the CLI's ``--cache-dir``/``--no-cache`` beat it).
 CACHE_SWITCH_ENV = "DFREPO_CACHE"
 #: The Triton agent: ``1`` lets a missing ``dragonfly_config.json`` mean "download directly
 #: from the origin" (no P2P). Unset (the default), the LOAD fails, as the C++ agent's does.

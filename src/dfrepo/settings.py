@@ -34,6 +34,7 @@ from .engine import TransferConfig
 from .engine.proxyenv import DirectProxies, direct_proxies_from_env
 from .environment import (
     ALLOW_DIRECT_ENV,
+    CACHE_SWITCH_ENV,
     CREDENTIAL_PATH_ENV,
     DEFAULT_CREDENTIAL_PATH,
     DEFAULT_DRAGONFLY_CONFIG_PATH,
@@ -49,6 +50,7 @@ __all__ = [
     "ObjectCache",
     "PullSettings",
     "allow_direct",
+    "cache_switch",
     "credential_file",
     "dragonfly_config_file",
     "operator_dragonfly",
@@ -211,6 +213,13 @@ def allow_direct(env: Mapping[str, str]) -> bool:
     """``$DFREPO_ALLOW_DIRECT`` is on: the Triton agent may download without any
     ``dragonfly_config.json`` (directly from the origin)."""
     return env.get(ALLOW_DIRECT_ENV, "").strip().lower() in TRUE_WORDS
+
+
+def cache_switch(env: Mapping[str, str], explicit: str | None = None) -> str:
+    """The persistent cache switch of a pull, for :func:`resolve`'s *cache_setting*:
+    *explicit* when given (a model's ``cache`` parameter), else ``$DFREPO_CACHE``, else
+    ``on``. The Triton agent and ``dfrepo pull`` both read the variable here."""
+    return explicit if explicit is not None else env.get(CACHE_SWITCH_ENV, "on")
 
 
 def _cache_from_setting(value: str, current: ObjectCache | None, env: Mapping[str, str]) -> ObjectCache | None:

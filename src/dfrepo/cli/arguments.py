@@ -84,9 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--range-size", metavar="SIZE", help="bytes per range request (e.g. 32MiB)")
     p.add_argument("--no-fallback", action="store_true",
                    help="fail (exit 6) instead of downloading directly when the proxy is unreachable")
-    p.add_argument("--no-cache", action="store_true", help="do not use the persistent cache")
-    p.add_argument("--cache-dir", metavar="DIR", help="persistent cache directory; unusable = error (default: "
-                   "$DFREPO_CACHE_DIR, $XDG_CACHE_HOME/dfrepo, ~/.cache/dfrepo; unusable = a warning, no cache)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="do not use the persistent cache (beats --cache-dir and $DFREPO_CACHE)")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="persistent cache directory, even with DFREPO_CACHE=off (a flag beats the "
+                        "environment); unusable = error. Default: $DFREPO_CACHE (on, off or a directory, "
+                        "as for the Triton agent); on or unset = $DFREPO_CACHE_DIR, $XDG_CACHE_HOME/dfrepo, "
+                        "~/.cache/dfrepo; unusable = a warning, no cache")
     p.add_argument("--expiry", type=positive_int, metavar="SECONDS", help="lifetime of presigned URLs")
     p.add_argument("--tag", help="X-Dragonfly-Tag (the object version is appended)")
     p.add_argument("--transport", choices=("proxy", "grpc", "auto"),

@@ -19,7 +19,15 @@ from ..dragonfly import DragonflyConfig
 from ..engine import ProgressCallback, TransferConfig
 from ..errors import CacheError, ConfigError
 from ..redact import redact_url
-from ..settings import ObjectCache, PullSettings, credential_file, resolve, resolve_dragonfly, resolve_location
+from ..settings import (
+    ObjectCache,
+    PullSettings,
+    cache_switch,
+    credential_file,
+    resolve,
+    resolve_dragonfly,
+    resolve_location,
+)
 from .output import EXIT_OK, Out
 
 __all__ = ["cmd_ls", "cmd_pull", "summary_line"]
@@ -49,24 +57,29 @@ def _transfer_overrides(args: argparse.Namespace) -> dict[str, object]:
     return overrides
 
 
-def _cache(args: argparse.Namespace) -> ObjectCache | None:
-    """The persistent cache of ``dfrepo pull``.
+def _cache(args: argparse.Namespace) -> tuple[ObjectCache | None, str | None]:
+    """The persistent cache of ``dfrepo pull``, as :func:`~dfrepo.settings.resolve`'s
+    *cache* and *cache_setting*.
 
-    ``--no-cache``: none. ``--cache-dir DIR``: that directory, and an unusable one is a
+    A flag beats the environment. ``--no-cache``: none. ``--cache-dir DIR``: that
+    directory (even with ``DFREPO_CACHE=off``), and an unusable one is a
     :class:`~dfrepo.errors.CacheError` (exit 1): the user named it for this command.
-    Otherwise the default directory (``$DFREPO_CACHE_DIR``, ``$XDG_CACHE_HOME/dfrepo``,
-    ``~/.cache/dfrepo``), and an unusable one (read-only, a foreign or missing ``$HOME``, a
-    random UID) is one warning and a pull without the cache, as in the Python API and the
-    Triton agent (:func:`dfrepo.cache.open_cache`).
+    Otherwise ``$DFREPO_CACHE`` decides, as for the Triton agent
+    (:func:`~dfrepo.settings.cache_switch`): ``off`` = none, a directory = that one,
+    ``on`` or unset = the default directory (``$DFREPO_CACHE_DIR``,
+    ``$XDG_CACHE_HOME/dfrepo``, ``~/.cache/dfrepo``). An unusable directory from the
+    environment (read-only, a foreign or missing ``$HOME``, a random UID) is one warning
+    and a pull without the cache, as in the Python API and the Triton agent
+    (:func:`dfrepo.cache.open_cache`).
     """
-    from ..cache import ModelCache, open_cache
+    from ..cache import ModelCache
 
     if args.no_cache:
-        return None
+        return None, None
     if args.cache_dir is None:
-        return open_cache()
+        return None, cache_switch(os.environ)
     try:
-        return ModelCache(args.cache_dir)
+        return ModelCache(args.cache_dir), None
     except CacheError as exc:
         raise CacheError(f"{exc} (named by --cache-dir: give a writable directory, or --no-cache to pull "
                          f"without the cache)", path=getattr(exc, "path", None)) from None
@@ -74,13 +87,15 @@ def _cache(args: argparse.Namespace) -> ObjectCache | None:
 
 def settings_from_args(args: argparse.Namespace) -> PullSettings:
     """The settings of ``dfrepo pull LOCATION DEST`` (a model directory)."""
+    cache, cache_setting = _cache(args)
     return resolve(
         args.location,
         credential_path=args.credentials,
         dragonfly_config=args.dragonfly_config,
         dragonfly_overrides=_dragonfly_overrides(args),
         transfer_overrides=_transfer_overrides(args),
-        cache=_cache(args),
+        cache=cache,
+        cache_setting=cache_setting,
         expiry=args.expiry,
     )
 

@@ -33,9 +33,9 @@ from typing import Any
 
 from ..dragonfly import OVERRIDE_KEYS, DragonflyConfig, is_override_key, with_overrides
 from ..engine import TransferConfig
-from ..environment import CACHE_SWITCH_ENV, MODEL_PARAMETERS_ENV
+from ..environment import MODEL_PARAMETERS_ENV
 from ..errors import ConfigError, ParameterNotAllowedError, warn_always
-from ..settings import PullSettings, operator_dragonfly, require_peer, resolve
+from ..settings import PullSettings, cache_switch, operator_dragonfly, require_peer, resolve
 from ..versions import VersionPolicy
 from .agent import AGENT_PARAMETER
 
@@ -234,7 +234,7 @@ def settings_for_model(location: str, parameters: Mapping[str, str],
     routed = route_parameters(model_overrides(parameters, env, allow))
     dragonfly = with_overrides(operator, routed.dragonfly) if routed.dragonfly else operator
     require_peer(found, dragonfly, env)
-    cache = routed.cache if routed.cache is not None else env.get(CACHE_SWITCH_ENV, "on")
+    cache = cache_switch(env, routed.cache)
     return resolve(location, env=env, dragonfly=dragonfly, transfer_overrides=routed.transfer,
                    cache_setting=cache, expiry=routed.expiry, azure_endpoint=routed.azure_endpoint,
                    triton_defaults=True, versions=VersionPolicy.from_model_config(model_config))
