@@ -21,7 +21,8 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -346,6 +347,71 @@ def test_gcs_bearer_tokens_are_refreshed_once_for_all_files(origin: BearerOrigin
     assert [s.url for s in sorted(got, key=lambda s: s.url)] == sorted(o.url for o in objs)
     fresh = objs[0].resign()  # refused again with the new token: a newer one
     assert fresh.headers["Authorization"] == f"Bearer {origin.minted[2]}" and len(origin.minted) == 3
+
+
+class CountingCredentials:
+    """What the GCS store uses of a google-auth credential (``valid``, ``token``,
+    ``refresh``), counting refreshes and how many ran at once. A refresh takes a moment, so
+    threads that find the token expired together overlap unless they take turns."""
+
+    def __init__(self) -> None:
+        self.token: str | None = None
+        self.expired = False
+        self.refreshes = 0
+        self.running = 0
+        self.most_at_once = 0
+        self._books = threading.Lock()  # the fake's own bookkeeping
+
+    @property
+    def valid(self) -> bool:
+        return self.token is not None and not self.expired
+
+    def refresh(self, request: Any) -> None:
+        with self._books:
+            self.refreshes += 1
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+            minted = f"token-{self.refreshes}"
+        time.sleep(0.05)
+        self.token, self.expired = minted, False
+        with self._books:
+            self.running -= 1
+
+
+def test_gcs_token_refresh_is_one_at_a_time_and_shared() -> None:
+    """The download threads share one listing's credential: iam signing asks for a valid
+    token, bearer re-signing for one newer than the refused one. One refresh at a time, and
+    the threads that waited take the token it minted instead of refreshing again."""
+    from dfrepo.stores.gcs import _Tokens
+
+    fake = CountingCredentials()
+    tokens = _Tokens(fake, GCSCredentials())
+
+    def together(calls: list[Callable[[], str]]) -> list[str]:
+        barrier = threading.Barrier(len(calls))
+        got: list[str] = []
+
+        def call(fn: Callable[[], str]) -> None:
+            barrier.wait()
+            got.append(fn())
+
+        threads = [threading.Thread(target=call, args=(fn,)) for fn in calls]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return got
+
+    def bearer_after(refused: str) -> Callable[[], str]:
+        sign = tokens.resigner("http://gcs.invalid/download/storage/v1/b/b/o/x?alt=media", refused)
+        return lambda: sign().headers["Authorization"].removeprefix("Bearer ")
+
+    assert together([tokens.current] * 8) == ["token-1"] * 8  # no token yet
+    assert fake.refreshes == 1
+    assert tokens.current() == "token-1" and fake.refreshes == 1  # valid: nothing to mint
+    fake.expired = True
+    assert together([tokens.current] * 4 + [bearer_after("token-1") for _ in range(4)]) == ["token-2"] * 8
+    assert fake.refreshes == 2 and fake.most_at_once == 1
 
 
 # --------------------------------------------------------------------------- dfdaemon's gRPC route

@@ -129,14 +129,6 @@ def _signing_mode(gcreds: Any) -> str:
     return "bearer"
 
 
-def _ensure_token(gcreds: Any) -> str:
-    import google.auth.transport.requests
-
-    if not gcreds.valid:
-        gcreds.refresh(google.auth.transport.requests.Request())
-    return str(gcreds.token) if gcreds.token else ""
-
-
 def _translate(exc: BaseException, location: GCSLocation, creds: GCSCredentials) -> Exception:
     import google.api_core.exceptions as gexc
     import google.auth.exceptions as aexc
@@ -158,14 +150,26 @@ def _translate(exc: BaseException, location: GCSLocation, creds: GCSCredentials)
     return StoreError(f"GCS listing of {where} failed: {type(exc).__name__}", provider="gs")
 
 
-class _BearerTokens:
-    """The access token of one listing's credential, minted afresh when downloads are
-    refused: the first file to ask after an expiry refreshes the credential, the others
-    get that new token (one ``credentials.refresh`` per expiry, not one per file)."""
+class _Tokens:
+    """The access tokens of one listing's credential, for ``iam`` signing and ``bearer``
+    headers. Every ``credentials.refresh`` of it takes turns on one lock (the download
+    threads share the credential): the first thread to find the token expired, or refused,
+    refreshes it; the threads that waited take that new token instead of refreshing again
+    (one refresh per expiry, not one per file)."""
 
     def __init__(self, gcreds: Any, creds: GCSCredentials) -> None:
         self._gcreds, self._creds = gcreds, creds
         self._lock = threading.Lock()
+
+    def current(self) -> str:
+        """A valid access token ("" for anonymous credentials): the held one while
+        google-auth calls it valid, else a newly minted one. Refresh errors propagate."""
+        import google.auth.transport.requests
+
+        with self._lock:
+            if not self._gcreds.valid:  # under the lock: a thread that waited sees the token just minted
+                self._gcreds.refresh(google.auth.transport.requests.Request())
+            return str(self._gcreds.token or "")
 
     def _after(self, stale: str) -> str:
         """A token other than *stale*: the one held when another file renewed it already,
@@ -195,7 +199,7 @@ class _BearerTokens:
         return sign
 
 
-def _signer(blob: Any, gcreds: Any, mode: str, endpoint: str, expiry: int,
+def _signer(blob: Any, gcreds: Any, tokens: _Tokens, mode: str, endpoint: str, expiry: int,
             creds: GCSCredentials) -> Resign:
     """Signs a V4 GET URL for *blob*'s generation, valid *expiry* s, on each call
     (``key``: locally; ``iam``: through signBlob with a fresh access token)."""
@@ -207,7 +211,7 @@ def _signer(blob: Any, gcreds: Any, mode: str, endpoint: str, expiry: int,
                     version="v4", expiration=expiration, method="GET",
                     generation=blob.generation, api_access_endpoint=endpoint,
                     service_account_email=gcreds.service_account_email,
-                    access_token=_ensure_token(gcreds))))
+                    access_token=tokens.current())))
             return Signed(str(blob.generate_signed_url(
                 version="v4", expiration=expiration, method="GET", generation=blob.generation,
                 api_access_endpoint=endpoint, credentials=gcreds)))
@@ -250,7 +254,7 @@ def list_gcs(
     list_prefix = location.prefix + "/" if location.prefix else ""
     expiration = _dt.timedelta(seconds=expiry)
     objects: list[RemoteObject] = []
-    tokens = _BearerTokens(gcreds, creds)
+    tokens = _Tokens(gcreds, creds)
     try:
         blobs = client.list_blobs(location.bucket, prefix=list_prefix, timeout=timeout,
                                   retry=retry)
@@ -266,7 +270,7 @@ def list_gcs(
             url = None
             if mode == "iam":
                 try:
-                    token = _ensure_token(gcreds)
+                    token = tokens.current()
                     url = blob.generate_signed_url(
                         version="v4", expiration=expiration, method="GET",
                         generation=blob.generation, api_access_endpoint=location.endpoint,
@@ -289,12 +293,12 @@ def list_gcs(
             if url is None:
                 url = location.url_for(name, blob.generation)
                 if mode == "bearer" and not headers:
-                    token = _ensure_token(gcreds)
+                    token = tokens.current()
                     if token:  # anonymous credentials have none
                         headers = {"Authorization": f"Bearer {token}"}
             resign: Resign | None = None
             if mode in ("key", "iam"):
-                resign = _signer(blob, gcreds, mode, location.endpoint, resign_expiry(expiry), creds)
+                resign = _signer(blob, gcreds, tokens, mode, location.endpoint, resign_expiry(expiry), creds)
             elif mode == "bearer" and headers:
                 resign = tokens.resigner(url, headers["Authorization"].removeprefix("Bearer "))
             objects.append(RemoteObject(
