@@ -123,6 +123,21 @@ def test_a_failed_shrink_is_retried_after_a_growing_pause() -> None:
     assert limit.limit == 16
 
 
+def test_a_step_without_gain_is_judged_from_the_level_before_it() -> None:
+    """A doubling (16 -> 32) or a probe (16 -> 20) that gains nothing: the shrink halves the
+    level before that step (8), and a shrink that loses throughput, or a probe that may
+    not shrink yet, returns to that level (16), never to the step that gained nothing."""
+    limit, clock = make()
+    drive(limit, clock, per_connection(50e6, cap=500e6), 30.0)
+
+    def steps(why: str) -> set[tuple[int, int]]:
+        return {(d.old, d.new) for d in limit.decisions if d.why == why}
+
+    assert steps("shrink") == {(32, 8), (20, 8)}
+    assert steps("shrink lost throughput") == {(8, 16)}
+    assert steps("no gain") == {(20, 16)}
+
+
 def test_a_fast_link_is_measured_in_shorter_windows() -> None:
     """At 4 GB/s a window holds WINDOW_BYTES long before WINDOW_SECONDS."""
     assert 4e9 * WINDOW_SECONDS > 2 * WINDOW_BYTES

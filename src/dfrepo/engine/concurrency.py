@@ -189,7 +189,6 @@ class AdaptiveLimit:
         if level > 1 and now >= self._no_shrink_until:
             self._phase = "shrink"
             self._ref_rate = ref
-            self._prev_level = level
             self._set(now, level // 2, "shrink", rate)
             return
         self._phase = "hold"
