@@ -268,3 +268,14 @@ def test_local_location_in_settings(tmp_path: Path) -> None:
 def test_pull_module_is_importable_by_name() -> None:
     module = importlib.import_module("dfrepo.pull")
     assert module.pull is dfrepo.pull and hasattr(module, "pull_with")
+
+
+def test_cache_switch_reads_dfrepo_cache_and_an_empty_value_is_unset() -> None:
+    from dfrepo.settings import cache_switch
+
+    assert cache_switch({}) == "on"
+    assert cache_switch({"DFREPO_CACHE": "off"}) == "off"
+    assert cache_switch({"DFREPO_CACHE": "/var/cache/models"}) == "/var/cache/models"
+    assert cache_switch({"DFREPO_CACHE": ""}) == "on"  # not "the current directory"
+    assert cache_switch({"DFREPO_CACHE": "  "}) == "on"
+    assert cache_switch({"DFREPO_CACHE": "off"}, explicit="on") == "on"  # a model's parameter wins

@@ -217,9 +217,12 @@ def allow_direct(env: Mapping[str, str]) -> bool:
 
 def cache_switch(env: Mapping[str, str], explicit: str | None = None) -> str:
     """The persistent cache switch of a pull, for :func:`resolve`'s *cache_setting*:
-    *explicit* when given (a model's ``cache`` parameter), else ``$DFREPO_CACHE``, else
-    ``on``. The Triton agent and ``dfrepo pull`` both read the variable here."""
-    return explicit if explicit is not None else env.get(CACHE_SWITCH_ENV, "on")
+    *explicit* when given (a model's ``cache`` parameter), else ``$DFREPO_CACHE`` (empty
+    = unset), else ``on``. The Triton agent and ``dfrepo pull`` both read the variable here."""
+    if explicit is not None:
+        return explicit
+    # Set but empty (``DFREPO_CACHE=``) means unset, never "the current directory".
+    return env.get(CACHE_SWITCH_ENV, "").strip() or "on"
 
 
 def _cache_from_setting(value: str, current: ObjectCache | None, env: Mapping[str, str]) -> ObjectCache | None:
