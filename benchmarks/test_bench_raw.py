@@ -11,8 +11,8 @@ S3 (direct port) for the S3-native clients.  Workloads:
 * ``raw_many``: N small files (smoke 100 x 256 KiB, full 1000 x 1 MiB) to tmpfs;
   dfrepo through ``Downloader.download_many``.
 
-Clients (plus ``kernel-copy``, which is not a downloader: ``copy_file_range`` from the
-source on tmpfs, the cost of filling the destination with no network at all): dfrepo
+Clients (plus ``kernel-copy``, which is not a downloader: ``sendfile`` from the source
+on tmpfs, the cost of filling the destination with no network at all): dfrepo
 compiled (default io_mode: splice; recv as its own row), dfrepo's pure-Python twin,
 single-stream urllib3, the stdlib floor (8 threads of http.client + pwrite), hf_transfer
 (against nginx); boto3 classic s3transfer, awscrt ``S3Client`` and dfrepo on a presigned URL

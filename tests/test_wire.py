@@ -85,7 +85,7 @@ def scripted(*replies: bytes) -> Iterator[tuple[Scripted, Pool]]:
 
 
 def get(pool: Pool, target: str = "/k", **headers: str) -> Response:
-    return pool.get(pool.connection(), target, {"Host": "origin", **headers})
+    return pool.exchange(pool.connection(), target, {"Host": "origin", **headers})
 
 
 def read_all(resp: Response) -> bytes:
@@ -174,7 +174,7 @@ def test_idle_connection_the_server_closed_is_replaced() -> None:
                 break
             pool.put(conn)
         assert not conn.reused
-        assert read_all(pool.get(conn, "/k", {"Host": "origin"})) == b"y"
+        assert read_all(pool.exchange(conn, "/k", {"Host": "origin"})) == b"y"
 
 
 def test_chunked_body_with_extensions_and_trailers() -> None:
@@ -236,7 +236,7 @@ def test_chunked_framing_errors() -> None:
 @pytest.mark.parametrize("header", [("X-Bad", "a\r\nInjected: 1"), ("X-Nul", "a\0b"), ("X-Bad\r\nY", "1")])
 def test_header_with_a_line_break_is_refused_before_anything_is_sent(header: tuple[str, str]) -> None:
     with scripted(ok(b"x")) as (srv, pool), pytest.raises(TransferError, match="line break or NUL"):
-        pool.get(pool.connection(), "/k", {"Host": "origin", header[0]: header[1]})
+        pool.exchange(pool.connection(), "/k", {"Host": "origin", header[0]: header[1]})
     assert srv.requests == []
 
 

@@ -10,7 +10,7 @@ import socket
 import threading
 import urllib.parse
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import urllib3
 from urllib3.exceptions import (
@@ -157,15 +157,15 @@ class Transport:
             conn = pool.connection()
         except OSError as exc:  # refused, unreachable, timed out: the proxy is not there
             return self._proxy_down(url, headers, exc)
-        return self._send(pool, conn, wire.request_target(url), {**headers, "Host": target[3]}, url)
+        return self._send(pool, conn, wire.request_target(url), {**headers, "Host": target.host_header}, url)
 
     def _request_direct(self, url: str, headers: Mapping[str, str]) -> Response:
         target = _split(url)
         proxy = self.direct_proxies.proxy_for(url) if self.direct_proxies is not None else None
-        if target is not None and target[0] == "http" and proxy is None:
-            pool = self._wire_pool(target[1], target[2])
-            return self._send(pool, pool.connection(), wire.request_target(target[4]),
-                              {"Host": target[3], **headers}, url)
+        if target is not None and target.scheme == "http" and proxy is None:
+            pool = self._wire_pool(target.host, target.port)
+            return self._send(pool, pool.connection(), wire.request_target(target.path),
+                              {"Host": target.host_header, **headers}, url)
         try:
             return self._direct_manager(proxy).request("GET", url, headers=dict(headers), preload_content=False,
                                                        decode_content=False, redirect=False)
@@ -176,7 +176,7 @@ class Transport:
     @staticmethod
     def _send(pool: wire.Pool, conn: wire.Connection, target: str, headers: Mapping[str, str],
               url: str) -> wire.Response:
-        resp = pool.get(conn, target, headers)
+        resp = pool.exchange(conn, target, headers)
         if log.isEnabledFor(logging.DEBUG):
             log.debug('dfrepo: "GET %s" %d via %s:%d', redact_url(url), resp.status, pool.host, pool.port)
         return resp
@@ -225,9 +225,20 @@ class Transport:
             pool.close()
 
 
+class Target(NamedTuple):
+    """Where an http(s) URL's request goes, and what it says there."""
+
+    scheme: str
+    host: str
+    port: int
+    host_header: str
+    path: str
+    """The origin-form request target: path and query."""
+
+
 @functools.lru_cache(maxsize=4096)
-def _split(url: str) -> tuple[str, str, int, str, str] | None:
-    """``(scheme, host, port, Host header, origin-form target)`` of an http(s) URL, or None."""
+def _split(url: str) -> Target | None:
+    """The :class:`Target` of an http(s) URL, or None for anything else."""
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname
     if parts.scheme not in ("http", "https") or not host:
@@ -240,4 +251,4 @@ def _split(url: str) -> tuple[str, str, int, str, str] | None:
     shown = f"[{host}]" if ":" in host else host
     host_header = shown if port == default else f"{shown}:{port}"
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return parts.scheme, host, port, host_header, target
+    return Target(parts.scheme, host, port, host_header, target)

@@ -327,7 +327,7 @@ class Pool:
                 return
         conn.close()
 
-    def get(self, conn: Connection, target: str, headers: Mapping[str, str]) -> Response:
+    def exchange(self, conn: Connection, target: str, headers: Mapping[str, str]) -> Response:
         """Send ``GET target`` with *headers* (``Host`` among them) on *conn* and read the
         response head. On any error the connection is closed."""
         try:
