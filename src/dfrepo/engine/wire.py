@@ -134,6 +134,7 @@ class Response:
         self._chunk_left = 0
         self._done = False
         length = headers.get("content-length")
+        # self.length: body bytes not yet read (None = unknown: chunked, or read to the close).
         if self.chunked:
             self.length: int | None = None
         elif length is not None:
@@ -146,7 +147,6 @@ class Response:
         else:
             self.length = None  # delimited by the connection's close
             self._keep_alive = False
-        """Body bytes not yet read (None = unknown: chunked, or read to the close)."""
         if self.length is not None and len(pending) > self.length:
             # More bytes than the body: the connection cannot be trusted with another request.
             self._pending = pending[:self.length]
