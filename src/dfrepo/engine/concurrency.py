@@ -9,16 +9,20 @@ batch's aggregate throughput — bytes of every file, not per file — and:
 * **doubles** after every measured window in which throughput rose by at least
   :data:`GAIN` over the level before (slow start). A step that gains less is looked at
   for a second window (the first may fall in the new connections' ramp-up, or in CPU time
-  the host stole) and refused on the better of the two: the limit **holds** at whichever
-  of the two levels measured better (the fewer requests when within :data:`TIE`);
+  the host stole) and refused on the better of the two;
+* leaving slow start, **tries fewer**: half the level before the refused step, kept on two
+  windows that each do :data:`KEEP` of the best seen at the higher levels, then halves
+  again while that holds — so a link that one connection fills (loopback, a CPU-bound
+  node, a local Dragonfly hit) is served by one, not by 16 that cost CPU (on huge-page
+  tmpfs one connection does 2–3 GiB/s at 0.3–0.5 CPU-s/GiB, 16 do 1.4 at 0.7) and the
+  origin's connection slots. The first halving that loses goes back at once (one window
+  is enough to undo a loss): to the last level that kept the throughput, or, for the
+  first halving, to whichever of the two levels of the refused step measured better
+  (the fewer requests when within :data:`TIE`). Then it **holds**;
 * while holding, **probes** one step up (:data:`PROBE_STEP` of the level) every
-  :data:`REPROBE_SECONDS`, judged the same way — so a link that frees up is found;
-* after holding :data:`SHRINK_BACKOFF` seconds, **tries fewer**: halves, and keeps halving
-  while the throughput stays at :data:`KEEP` of the held level's best — so a link that one
-  connection fills (loopback, a CPU-bound node, a local Dragonfly hit) ends up served by
-  one, not by 16 that hold the origin's connection slots for nothing. The first halving
-  that loses more goes back to the last level that kept it and holds; the next try waits
-  twice as long;
+  :data:`REPROBE_SECONDS`, judged like a doubling — so a link that frees up is found —
+  and tries fewer again after :data:`SHRINK_BACKOFF` seconds, doubling the wait after
+  every try that lost;
 * **backs off** to half on a throttling answer (503, 429, S3 ``SlowDown``) and waits
   :data:`THROTTLE_COOLDOWN` before growing again; to three quarters when two windows in
   a row fall under :data:`DROP` of the best seen at the level (congestion);
@@ -26,13 +30,11 @@ batch's aggregate throughput — bytes of every file, not per file — and:
   independent of the object size.
 
 Errors are not symmetric, and the rule is built around that: holding a few requests too
-many costs next to nothing (on this project's loopback benchmark 1 and 16 connections
-use the same CPU per byte), while holding too few costs throughput for as long as the
-hold lasts. On a 2-core box shared with the origin, windows at one level vary by ±20 %,
-so a single window decides nothing downwards: a step is refused on the better of two
-windows, a hold goes to the better level, and fewer requests are tried only after
-seconds of holding, never right after slow start (a many-file model is often fetched in
-a few seconds: a wrong halving there is most of the batch at half speed).
+many costs some CPU, holding too few costs throughput for as long as the hold lasts. On a
+2-core box shared with the origin, windows at one level vary by ±20 %, so a single window
+never moves the limit down for long: a step is refused on the better of two windows,
+fewer requests are kept on two, a failed try goes back at once to a level that measured
+well, and a back-off on falling throughput takes two low windows in a row.
 
 A window lasts :data:`WINDOW_SECONDS`, or ends early once it has seen
 :data:`WINDOW_BYTES` (a fast link is measured as precisely in less time). It only counts
@@ -45,11 +47,12 @@ The constants were chosen on this project's benchmarks (``benchmarks/test_bench_
 and ``test_bench_raw.py``, results in ``benchmarks/results``): from 8 requests a doubling
 every 0.3 s reaches 32 within a second — short against a multi-GB model, and still long
 enough that one window holds dozens of 1 MiB chunks; a 10 % gain threshold and a 90 % keep
-threshold, and comparing every halving with the held level's best (not with the halving
-before), stop small losses from adding up over several halvings. The link benchmark's
-many-file model (1000 × 1 MiB in 2–4 s on this box) chose the rest: with the first rule,
-a shrink straight after slow start judged on one window, a third of its rounds ended at
-8 requests or fewer and took 40 % longer than the rounds that kept 16–32.
+threshold, and comparing every halving with the best of the higher levels (not with the
+halving before), stop small losses from adding up over several halvings. The link
+benchmark's many-file model (1000 × 1 MiB in 2–4 s on this box) chose the second looks:
+with every verdict on one window, a third of its rounds ended at 8 requests or fewer
+(back to the level before a step that one low window refused) and took 40 % longer than
+the rounds that kept 16–32.
 """
 
 from __future__ import annotations
@@ -75,8 +78,8 @@ TIE = 1.02
 #: A lower level is kept while its throughput is at least this fraction of the best seen
 #: at the higher levels.
 KEEP = 0.90
-#: Seconds holding a level before trying fewer requests; doubles after every try that
-#: lost throughput, back to this after one that kept it.
+#: Seconds holding a level before trying fewer requests again; doubles after every try
+#: that lost throughput, back to this after one that kept it.
 SHRINK_BACKOFF = 4.0
 #: Throughput under this fraction of the level's best = congestion: back off.
 DROP = 0.60
@@ -128,6 +131,7 @@ class AdaptiveLimit:
         self._level_since = self.clock()
         self._no_growth_until = 0.0
         self._ref_rate = 0.0  # while shrinking: the best throughput of the higher levels
+        self._fallback = self.limit  # while shrinking: the level to go back to if it loses
         self._no_shrink_until = 0.0
         self._shrink_backoff = SHRINK_BACKOFF
         self._first_look: float | None = None  # a new level's first window, when it showed no gain
@@ -193,9 +197,14 @@ class AdaptiveLimit:
             rate = max(rate, self._first_look)
             if rate < self._prev_rate * GAIN:
                 # The extra requests did not pay for themselves: the link is full below
-                # them. Hold at whichever of the two levels measured better.
+                # them. Hold at whichever of the two levels measured better — leaving slow
+                # start, first try whether half the level before does as well.
                 back = self._better_level(self._prev_level, self.limit)
-                self._enter_hold(now, back, "no gain", rate)
+                if self._phase == "grow" and self._prev_level > 1 and now >= self._no_shrink_until:
+                    ref = max(self._seen.get(self._prev_level, 0.0), rate)
+                    self._try_fewer(now, self._prev_level // 2, back, ref, rate)
+                else:
+                    self._enter_hold(now, back, "no gain", rate)
                 return
         self._best = max(self._best, rate)
         step = self.limit if self._phase == "grow" else max(1, int(self.limit * PROBE_STEP))
@@ -218,9 +227,7 @@ class AdaptiveLimit:
         self._best = max(self._best, rate)
         if now >= self._no_shrink_until and self.limit > 1:
             # Would fewer requests do the same work? Judged against this level's best.
-            self._phase, self._ref_rate = "shrink", self._best
-            self._prev_level = self.limit
-            self._set(now, self.limit // 2, "shrink", rate)
+            self._try_fewer(now, self.limit // 2, self.limit, self._best, rate)
         elif (now - self._level_since >= REPROBE_SECONDS and now >= self._no_growth_until
                 and self.limit < self.maximum):
             self._phase = "probe"
@@ -228,18 +235,26 @@ class AdaptiveLimit:
             self._seen = {self.limit: self._best}  # what other levels gave may have changed since
             self._set(now, min(self.maximum, self.limit + max(1, int(self.limit * PROBE_STEP))), "probe", rate)
 
+    def _try_fewer(self, now: float, level: int, fallback: int, ref: float, rate: float) -> None:
+        """Shrink to *level*; kept while it does :data:`KEEP` of *ref*, else back to *fallback*."""
+        self._phase, self._ref_rate, self._fallback = "shrink", ref, fallback
+        self._set(now, level, "shrink", rate)
+
     def _judge_shrink(self, now: float, rate: float) -> None:
         if rate >= self._ref_rate * KEEP:
+            if self._first_look is None:  # fewer requests are kept on two windows, not one
+                self._first_look = rate
+                return
             self._shrink_backoff = SHRINK_BACKOFF  # fewer requests do the same work
             if self.limit > 1:
-                self._prev_level = self.limit
+                self._fallback = self.limit
                 self._set(now, self.limit // 2, "shrink", rate)
                 return
             self._enter_hold(now, 1, "", rate)
             return
         # Too few: back to the last level that kept the throughput, and hold.
         self._shrink_backoff *= 2
-        self._enter_hold(now, self._prev_level, "shrink lost throughput", rate)
+        self._enter_hold(now, self._fallback, "shrink lost throughput", rate)
 
     def _enter_hold(self, now: float, level: int, why: str, rate: float) -> None:
         """Hold at *level*. Leaving slow start or a try of fewer requests, the next try
