@@ -121,12 +121,9 @@ def test_noisy_windows_never_take_a_batch_below_where_it_started() -> None:
     for seed in range(20):
         rng = random.Random(seed)
         limit, clock = make(initial=8)
-        below = 0.0
-        end = clock.now + SHRINK_BACKOFF
-        while clock.now < end:
-            clock.now += TICK
-            below += TICK if limit.limit < 8 else 0.0
-            limit.record(int(true[limit.limit] * rng.uniform(0.8, 1.2) * TICK), saturated=True)
+        drive(limit, clock, lambda n: true[n] * rng.uniform(0.8, 1.2), SHRINK_BACKOFF)  # noqa: B023
+        ends = [d.at for d in limit.decisions[1:]] + [clock.now]
+        below = sum(end - d.at for d, end in zip(limit.decisions, ends, strict=True) if d.new < 8)
         assert below <= SETTLE_SECONDS + WINDOW_SECONDS + 2 * TICK, (seed, limit.decisions)
         assert limit.limit >= 16, (seed, limit.decisions)
 

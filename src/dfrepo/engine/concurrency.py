@@ -134,7 +134,9 @@ class AdaptiveLimit:
         self._fallback = self.limit  # while shrinking: the level to go back to if it loses
         self._no_shrink_until = 0.0
         self._shrink_backoff = SHRINK_BACKOFF
-        self._first_look: float | None = None  # a new level's first window, when it showed no gain
+        # A verdict's first window, held until a second one confirms it: a step without gain,
+        # a halving that kept the throughput, a window under DROP.
+        self._first_look: float | None = None
         self._seen: dict[int, float] = {}  # best window per level since conditions last changed
 
     # -- inputs ---------------------------------------------------------------------------
